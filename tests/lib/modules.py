@@ -1,0 +1,41 @@
+"""Run a collection module the way Ansible does: a separate Python process reading its arguments
+from a JSON file and printing one JSON result. ``netns`` runs it inside a network namespace."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from tests.lib.collection import REPO, install_on_path
+
+
+class ModuleFailed(AssertionError):
+    def __init__(self, result):
+        super().__init__(result.get("msg", result))
+        self.result = result
+
+
+def run_module(name, args, check=False, diff=False, netns=None, expect_fail=False, timeout=120):
+    """Return the module's result dict; raise ModuleFailed unless it matches ``expect_fail``."""
+    root = install_on_path()
+    params = dict(args)
+    params.update(_ansible_check_mode=check, _ansible_diff=diff)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump({"ANSIBLE_MODULE_ARGS": params}, fh)
+        args_file = fh.name
+    try:
+        cmd = [sys.executable, "-m", f"ansible_collections.liteboxd.sandbox_network.plugins.modules.{name}", args_file]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns] + cmd
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    finally:
+        os.unlink(args_file)
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise AssertionError(f"module {name} printed no JSON result\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    failed = bool(result.get("failed"))
+    if failed != expect_fail:
+        raise ModuleFailed(result) if failed else AssertionError(f"module {name} was expected to fail: {result}")
+    return result
