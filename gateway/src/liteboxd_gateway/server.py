@@ -1,0 +1,142 @@
+"""Process lifecycle: configuration, workers, listeners, readiness and graceful drain.
+
+``--workers N`` forks N processes that each bind the proxy port with SO_REUSEPORT (the kernel
+spreads connections) and run their own event loop and Pod cache; worker i serves metrics on
+metrics-port + i. On SIGTERM a worker reports not-ready on /readyz, waits ``--drain-delay`` so
+load balancers stop sending, closes WebSockets with 1001, stops listening and gives in-flight
+requests ``--shutdown-timeout`` to finish.
+"""
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from . import config as config_module
+from . import kube, logs
+from .app import Gateway
+from .cache import PodWatcher, SandboxCache
+from .metrics import GatewayMetrics, metrics_app
+from .version import __version__
+
+log = logging.getLogger("liteboxd_gateway")
+
+
+async def serve(config, connection, worker: int = 0, started=None, stop=None):
+    """Run one gateway until SIGTERM/SIGINT (or until ``stop`` is set, when given).
+
+    ``started`` (an asyncio.Event) is set once listening, with the gateway as ``started.gateway``
+    and the bound addresses as ``started.addresses`` and ``started.metrics_addresses``.
+    """
+    metrics = GatewayMetrics()
+    cache = SandboxCache()
+    watcher = PodWatcher(connection, cache, config.namespace, config.label_selector, metrics,
+                         config.watch_timeout, config.watch_backoff_initial, config.watch_backoff_max)
+    gateway = Gateway(config, cache, metrics)
+    metrics.cache_sandboxes.read = lambda: len(cache)
+    await gateway.start()
+    watcher.start()
+
+    server = web.Server(gateway.handle, handler_cancellation=True, access_log=None,
+                        keepalive_timeout=config.client_idle_timeout, max_line_size=config.max_header_size,
+                        max_field_size=config.max_header_size, max_headers=config.max_headers)
+    runner = web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout)
+    await runner.setup()
+    reuse = config.reuse_port or config.workers > 1
+    await web.TCPSite(runner, config.listen_host, config.port, reuse_port=reuse or None, backlog=1024).start()
+    metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None)
+    await metrics_runner.setup()
+    await web.TCPSite(metrics_runner, config.metrics_host, config.metrics_port + worker if config.metrics_port
+                      else 0).start()
+
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    log.info("liteboxd-gateway %s listening", __version__, extra={"fields": {
+        "version": __version__, "worker": worker, "pid": os.getpid(), "addresses": [
+            list(address) for address in runner.addresses], "metrics": [list(a) for a in metrics_runner.addresses],
+        "namespace": config.namespace, "label_selector": config.label_selector, "domain": config.domain,
+        "allowed_ports": str(config.allowed_ports)}})
+    if started is not None:
+        started.gateway, started.watcher = gateway, watcher
+        started.addresses, started.metrics_addresses = runner.addresses, metrics_runner.addresses
+        started.set()
+    await stop.wait()
+
+    log.info("draining", extra={"fields": {"worker": worker, "drain_delay": config.drain_delay}})
+    gateway.begin_drain()
+    await asyncio.sleep(config.drain_delay)
+    await runner.cleanup()
+    await watcher.close()
+    await gateway.close()
+    await metrics_runner.cleanup()
+    log.info("stopped", extra={"fields": {"worker": worker}})
+
+
+def run_worker(config, connection, worker: int = 0):
+    # Each process sets up its own log writer thread (threads do not survive fork).
+    logs.setup(config.log_level)
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(config, connection, worker))
+    else:
+        asyncio.run(serve(config, connection, worker))
+
+
+def _supervise(config, connection) -> int:
+    """Fork the workers, pass SIGTERM/SIGINT on, and exit when all have."""
+    children = []
+    for worker in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                run_worker(config, connection, worker)
+            except BaseException:  # the child must never return into the parent's code
+                logging.getLogger("liteboxd_gateway").exception("worker %d failed", worker)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum, _frame):
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def main(argv=None) -> int:
+    try:
+        config = config_module.load(argv)
+    except config_module.ConfigError as exc:
+        print(f"liteboxd-gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        connection = kube.load(config.kubeconfig, config.kube_context)
+    except (kube.KubeConfigError, OSError) as exc:
+        print(f"liteboxd-gateway: cannot use the Kubernetes connection settings: {exc}", file=sys.stderr)
+        return 2
+    if config.workers > 1:
+        return _supervise(config, connection)
+    run_worker(config, connection)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
