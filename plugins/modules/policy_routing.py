@@ -264,17 +264,23 @@ def _declared_tables(params, names, rt_tables_dir):
     return declared, view
 
 
-def _declared_items(params, names):
+def _declared_items(params, names, vanished):
+    """Normalise routes and rules; absent items naming a ``vanished`` table (declared absent and
+    already without a name) are dropped, as nothing in the kernel can be in it any more."""
     routes_present, routes_absent, rules_present, rules_absent = [], [], [], []
     for index, spec in enumerate(params['routes']):
         where = 'routes[%d]' % index
         absent = spec['state'] == 'absent'
+        if absent and spec.get('table') in vanished:
+            continue
         route = netlink.normalize_route(spec, names, where, for_absent=absent)
         route['where'] = where
         (routes_absent if absent else routes_present).append(route)
     for index, spec in enumerate(params['rules']):
         where = 'rules[%d]' % index
         absent = spec['state'] == 'absent'
+        if absent and spec.get('table') in vanished:
+            continue
         rule = netlink.normalize_rule(spec, names, where, require_priority=not absent)
         rule['where'] = where
         (rules_absent if absent else rules_present).append(rule)
@@ -357,7 +363,8 @@ def main():
     try:
         names = netlink.read_table_names(rt_tables_dir)
         declared, names_view = _declared_tables(module.params, names, rt_tables_dir)
-        routes_present, routes_absent, rules_present, rules_absent = _declared_items(module.params, names_view)
+        vanished = set(t['name'] for t in declared if t['state'] == 'absent' and t['id'] is None)
+        routes_present, routes_absent, rules_present, rules_absent = _declared_items(module.params, names_view, vanished)
         _check_tables_used(declared, routes_present, rules_present)
     except netlink.SpecError as exc:
         module.fail_json(msg=str(exc))
