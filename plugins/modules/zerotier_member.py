@@ -12,7 +12,8 @@ DOCUMENTATION = r"""
 module: zerotier_member
 short_description: Authorize, name and assign addresses to a ZeroTier network member
 description:
-  - Manages one member of a ZeroTier network on its network controller, either a self-hosted
+  - >-
+    Manages one member of a ZeroTier network on its network controller, either a self-hosted
     controller (zerotier-one's C(/controller/network/<nwid>/member/<node>), flat member object,
     header C(X-ZT1-Auth)) or ZeroTier Central (C(/api/v1/network/<nwid>/member/<node>), C(name) at
     the top level and C(authorized)/C(ipAssignments) nested under C(config), header

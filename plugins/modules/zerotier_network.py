@@ -176,7 +176,7 @@ assigned_addresses:
   elements: str
   sample: [10.147.17.5/24]
 addresses:
-  description: O(assigned_addresses) without the prefix length.
+  description: RV(assigned_addresses) without the prefix length.
   returned: always
   type: list
   elements: str
