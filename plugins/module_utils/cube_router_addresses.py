@@ -69,7 +69,7 @@ def _check_prefix(network, value, rule, prefix_range):
 def _host_routes_on_other_links(routes, device):
     """Yield (network, route) for every host route that is not the default and not on ``device``."""
     for route in routes:
-        if route.get("dev") == device:
+        if route.get("dev") == device or route["dst"] == "default":
             continue
         network = netaddr.IPNetwork(route["dst"])
         if network.version == 4 and network.prefixlen > 0:

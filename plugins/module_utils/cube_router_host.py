@@ -34,6 +34,7 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_rout
 
 RTN_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 RTNH_F_ONLINK = 4
+RTM_F_CLONED = 0x200
 NUD_PERMANENT = 0x80
 
 
@@ -96,7 +97,7 @@ class HostReader(object):
 
     def _route(self, msg):
         table = msg.get("RTA_TABLE") or msg["table"]
-        if table == 255 or msg["type"] not in RTN_TYPES:
+        if table == 255 or msg["type"] not in RTN_TYPES or msg["flags"] & RTM_F_CLONED:
             return None
         dst = msg.get("RTA_DST")
         route = {"type": RTN_TYPES[msg["type"]], "table": table,

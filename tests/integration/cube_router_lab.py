@@ -12,6 +12,7 @@
 host. The echo servers (TCP and UDP, port 7) answer with the peer address they see.
 """
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -132,8 +133,17 @@ class Lab:
                 }
             }
         """))
-        # The host itself is a router for the sandbox (as a CubeSandbox node is).
+        # The host is a router for the sandbox, and without cube-router sandbox traffic takes the
+        # original direct path: SNAT on the primary NIC (what CubeVS does; this rule stands in for it).
         host.sysctl("net.ipv4.ip_forward", 1)
+        host.run(["nft", "-f", "-"], input=textwrap.dedent("""
+            table ip lab_direct_snat {
+                chain postrouting {
+                    type nat hook postrouting priority srcnat; policy accept;
+                    ip saddr %s oifname "wan0" masquerade
+                }
+            }
+        """ % SANDBOX_CIDR))
 
         for ns, address in ((echo, ECHO_IP), (internal, PRIVATE_TARGET)):
             self.serve(ns, address)
@@ -148,9 +158,9 @@ class Lab:
         argv = [sys.executable, "-c", CLIENT, target, str(port), proto] + ([source] if source else [])
         return json.loads(ns.run(argv).stdout)["seen"]
 
-    def capture(self, bpf, ns=None):
-        """Start ``tcpdump -i any -w`` in the host (or ``ns``); returns a Capture."""
-        return Capture(ns or self.host, bpf)
+    def capture(self, bpf, count, ns=None):
+        """Start ``tcpdump -i any -c count -w`` in the host (or ``ns``); returns a Capture."""
+        return Capture(ns or self.host, bpf, count)
 
     def snapshot(self, ns=None):
         """Everything cube_router may touch, for before/after comparisons."""
@@ -181,21 +191,27 @@ class Lab:
 
 
 class Capture:
-    """One pcap of every interface: its packets keep the kernel's order and name their interface."""
+    """One pcap of every interface: its packets keep the kernel's order and name their interface.
+    tcpdump exits by itself after ``count`` packets, so nothing depends on how long to wait."""
 
-    def __init__(self, ns, bpf):
+    def __init__(self, ns, bpf, count):
+        self.ns = ns
         self.path = "/tmp/cube-router-%s.pcap" % ns.name
-        self.proc = ns.popen(["tcpdump", "-U", "-n", "-i", "any", "-w", self.path, bpf],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = ns.popen(["tcpdump", "--immediate-mode", "-U", "-n", "-i", "any", "-c", str(count),
+                              "-w", self.path, bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while "listening on" not in self.proc.stderr.readline():  # attached once it says so
             assert self.proc.poll() is None, "tcpdump exited"
 
     def stop(self):
-        """Stop; return [(interface, direction, 'src > dst: ...'), ...] in capture order."""
-        self.proc.terminate()
-        self.proc.wait()
-        out = subprocess.run(["tcpdump", "-n", "-r", self.path], capture_output=True, text=True).stdout
-        subprocess.run(["rm", "-f", self.path])
+        """Wait for the packets; return [(interface, direction, 'src > dst: ...'), ...] in capture order."""
+        try:
+            self.proc.wait(timeout=30)  # a guard against a hang: fewer packets than expected fail below
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait()
+        # Interface indexes in the file resolve to names only inside the namespace.
+        out = self.ns.run(["tcpdump", "-n", "-r", self.path]).stdout
+        os.unlink(self.path)
         packets = []
         for line in out.splitlines():
             # 10:45:41.564405 cube-router In  IP 192.168.63.254.48650 > 203.0.113.7.7: Flags [S], ...
