@@ -12,7 +12,8 @@
   can act on: API unreachable, TLS, 401/403, a CRD that is not installed (named), refusals.
 * ``ensure_object`` / ``remove_object``: get -> compare the fields we own -> create, patch or
   replace; in check mode the same request with ``dryRun=All`` so the server validates it and
-  nothing is stored. They return ``changed`` and before/after objects for ``diff``.
+  nothing is stored. Creates and replaces are always dry-run first, and refused when the server
+  would drop or alter a field we own. They return ``changed`` and before/after objects for ``diff``.
 * ``wait_for``: watch one object until a condition holds, with a deadline.
 """
 
@@ -205,6 +206,9 @@ class K8sClient(object):
                            % (self.host, (exc.reason or "").replace("\n", ": ")))
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, urllib3.exceptions.SSLError):
+                raise K8sError("TLS connection to the Kubernetes API at %s failed: %s (check ca_cert / "
+                               "validate_certs)" % (self.host, reason))
             raise K8sError("cannot reach the Kubernetes API at %s: %s" % (self.host, reason))
         if stream and 200 <= response.status < 300:
             return response.response
@@ -390,10 +394,11 @@ def ensure_object(client, desired, check_mode, own_spec=True, current=None, fetc
         body = copy.deepcopy(desired)
         body["metadata"]["labels"] = _without_none(meta.get("labels"))
         body["metadata"]["annotations"] = _without_none(meta.get("annotations"))
-        after, action = client.create(resource, body, dry_run=check_mode), "created"
+        write, action = client.create, "created"
     else:
         spec_changed = own_spec and differences(desired.get("spec"), current.get("spec"))
         meta_patch = _metadata_patch(meta, current.get("metadata") or {})
+        body = None
         if spec_changed:
             body = copy.deepcopy(current)
             body.pop("status", None)
@@ -403,21 +408,24 @@ def ensure_object(client, desired, check_mode, own_spec=True, current=None, fetc
                 merged.update(meta.get(field) or {})
                 body["metadata"][field] = _without_none(merged)
             body["spec"] = copy.deepcopy(desired["spec"])
-            after, action = client.replace(resource, body, dry_run=check_mode), "replaced"
+            write, action = client.replace, "replaced"
         elif meta_patch:
             after = client.patch(resource, name, namespace, {"metadata": meta_patch}, dry_run=check_mode)
             action = "patched"
         else:
             after, action = current, "unchanged"
-    if own_spec and action != "unchanged":
-        dropped = differences(desired.get("spec"), (after or {}).get("spec"))
+    if action in ("created", "replaced") and (own_spec or check_mode):
+        after = write(resource, body, dry_run=True)
+        dropped = own_spec and differences(desired.get("spec"), after.get("spec"))
         if dropped:
-            # An older CRD schema prunes fields it does not know: never report success for a
-            # policy the cluster would not enforce as written.
-            raise K8sError("the Kubernetes API at %s dropped or altered %s of %s: its schema is older than this "
-                           "collection needs (upgrade Cilium / its CRDs)" % (
+            # An older schema prunes fields it does not know (a v1.20 server drops endPort, for one):
+            # never store a policy the cluster would not enforce as written.
+            raise K8sError("the Kubernetes API at %s would drop or alter %s of %s: its schema is older than this "
+                           "collection needs (upgrade Kubernetes / Cilium and its CRDs); nothing was changed" % (
                                client.host, ", ".join("spec" + p for p in dropped),
                                resource.describe(name, namespace)))
+    if action in ("created", "replaced") and not check_mode:
+        after = write(resource, body)
     return {"changed": action != "unchanged", "action": action, "kind": resource.kind, "name": name,
             "namespace": namespace, "before": current, "after": after,
             "diff": diff_entry(resource, name, namespace, current, after, redact)}
