@@ -165,7 +165,8 @@ class Upstream:
                                    max_msg_size=64 * 1024 * 1024, autoclose=False)
         await ws.prepare(request)
         self.ws_seen.append((request.raw_path, dict(request.headers), ws.ws_protocol))
-        async for message in ws:
+        while True:
+            message = await ws.receive()
             if message.type == aiohttp.WSMsgType.TEXT:
                 command, _, arg = message.data.partition(" ")
                 if command == "close":
@@ -187,6 +188,8 @@ class Upstream:
             elif message.type == aiohttp.WSMsgType.CLOSE:
                 self.ws_closed.append((message.data, message.extra))
                 await ws.close()
+                break
+            else:
                 break
         return ws
 
@@ -239,6 +242,9 @@ class Pods:
     async def annotate(self, name, annotations):
         await asyncio.to_thread(self.core.patch_namespaced_pod, name, self.namespace,
                                 {"metadata": {"annotations": annotations}})
+
+    async def patch(self, name, body):
+        await asyncio.to_thread(self.core.patch_namespaced_pod, name, self.namespace, body)
 
     async def delete(self, name):
         await asyncio.to_thread(self.core.delete_namespaced_pod, name, self.namespace, grace_period_seconds=0)
@@ -314,7 +320,7 @@ class RunningGateway:
 async def gateway_factory(kube_apiserver, kube_namespace):
     running = []
 
-    async def make(**overrides):
+    async def make(wait_synced=True, **overrides):
         settings = dict(listen_host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                         event_loop="asyncio", kubeconfig=kube_apiserver.kubeconfig, namespace=kube_namespace,
                         drain_delay=0, shutdown_timeout=5, upstream_connect_timeout=2,
@@ -330,7 +336,8 @@ async def gateway_factory(kube_apiserver, kube_namespace):
             task.result()
         gateway = RunningGateway(started, task, stop, config)
         running.append(gateway)
-        await asyncio.wait_for(started.watcher.synced.wait(), 30)
+        if wait_synced:
+            await asyncio.wait_for(started.watcher.synced.wait(), 30)
         return gateway
 
     yield make
