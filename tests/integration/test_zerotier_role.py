@@ -163,3 +163,68 @@ def test_central_without_a_token_is_refused_before_anything_runs(tmp_path, stub,
     failed = [r for r in task_results(output).values() if r.get("failed")]
     assert failed[0]["msg"] == "zerotier_member_api_token is required when zerotier_member_api is central."
     assert stub.requests == []
+
+
+INSTALL_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Run the zerotier role's install tasks
+      ansible.builtin.include_role:
+        name: liteboxd.sandbox_network.zerotier
+        tasks_from: install.yml
+"""
+
+
+@pytest.fixture(scope="module")
+def signing_key(tmp_path_factory):
+    """An armored public key made here (the real ZeroTier key cannot be downloaded) and its fingerprint."""
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = dict(os.environ, GNUPGHOME=str(home))
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Test Repo Key <repo@liteboxd.invalid>",
+                    "ed25519", "sign", "never"], check=True, capture_output=True, env=env)
+    listing = subprocess.run(["gpg", "--with-colons", "--list-keys"], check=True, capture_output=True, text=True,
+                             env=env).stdout
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    key = home / "key.asc"
+    key.write_text(subprocess.run(["gpg", "--armor", "--export", fingerprint], check=True, capture_output=True,
+                                  text=True, env=env).stdout)
+    return key, fingerprint
+
+
+def repo_vars(tmp_path, key, fingerprint):
+    return dict(zerotier_network_id=NWID, zerotier_repo_key_url="file://%s" % key,
+                zerotier_repo_key_fingerprint=fingerprint, zerotier_repo_keyring=str(tmp_path / "zerotier-one.asc"),
+                zerotier_repo_sources_file=str(tmp_path / "zerotier-one.sources"), zerotier_repo_suite="bookworm",
+                ansible_python_interpreter="/usr/bin/python3")
+
+
+def test_repository_key_with_another_fingerprint_is_removed_and_no_source_written(tmp_path, signing_key):
+    key, _ = signing_key
+    wrong = "74A5E9C458E1A431F1DA57A71657198823E52A61"
+    rc, output = run_playbook(tmp_path, INSTALL_PLAYBOOK, repo_vars(tmp_path, key, wrong))
+    assert rc != 0
+    failed = task_results(output)["Stop on the key error"]
+    assert "does not have the fingerprint zerotier_repo_key_fingerprint (%s)" % wrong in failed["msg"]
+    assert not (tmp_path / "zerotier-one.asc").exists()
+    assert not (tmp_path / "zerotier-one.sources").exists()
+
+
+def test_repository_key_with_the_pinned_fingerprint_passes_and_check_mode_predicts_the_source(tmp_path, signing_key):
+    key, fingerprint = signing_key
+    # The key is already in place (as after a first run); check mode verifies it and predicts the
+    # source without writing it, and predicts the package without asking apt for it.
+    (tmp_path / "zerotier-one.asc").write_text(key.read_text())
+    spaced = " ".join(fingerprint[i:i + 4] for i in range(0, len(fingerprint), 4)).lower()
+    rc, output = run_playbook(tmp_path, INSTALL_PLAYBOOK, repo_vars(tmp_path, key, spaced), check=True, diff=True)
+    assert rc == 0, output
+    results = task_results(output)
+    assert results["Check the key against zerotier_repo_key_fingerprint"].get("failed") is not True
+    source = results["Add ZeroTier's apt source"]
+    assert source["changed"] is True
+    after = source["diff"][0]["after"]
+    assert "URIs: https://download.zerotier.com/debian/bookworm\nSuites: bookworm\n" in after
+    assert "Signed-By: %s" % (tmp_path / "zerotier-one.asc") in after
+    assert results["Install zerotier-one from the repository"].get("skipped") is True
+    assert not (tmp_path / "zerotier-one.sources").exists()
