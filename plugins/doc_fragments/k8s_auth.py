@@ -56,8 +56,8 @@ options:
 notes:
   - All Kubernetes modules of this collection are in the action group C(liteboxd.sandbox_network.k8s), so one
     C(module_defaults) block with C(group/liteboxd.sandbox_network.k8s) sets these options for all of them.
-  - Check mode sends every write with server-side dry run (C(dryRun=All)): the API server validates and
-    defaults the object, nothing is stored.
+  - Check mode sends every write with server-side dry run (C(dryRun=All)). The API server validates and
+    defaults the object and stores nothing.
 requirements:
   - kubernetes (Python client) >= 29
 """

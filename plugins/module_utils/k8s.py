@@ -148,6 +148,8 @@ def build_api_client(params):
         configuration.host = host.rstrip("/")
     if params.get("api_key"):
         configuration.api_key = {"authorization": "Bearer " + params["api_key"]}
+        # The kubeconfig loader installs a hook that re-reads the kubeconfig user's token.
+        configuration.refresh_api_key_hook = None
     if params.get("ca_cert"):
         configuration.ssl_ca_cert = params["ca_cert"]
     if params.get("validate_certs") is not None:
