@@ -1,0 +1,132 @@
+"""The gateway as a process: start-up, configuration, workers, and graceful drain on SIGTERM."""
+import asyncio
+import json
+import os
+import signal
+import sys
+
+import aiohttp
+
+from conftest import GATEWAY_SRC, free_port
+
+
+async def start_gateway(tmp_path, *args, env=None):
+    log = open(tmp_path / "gateway.log", "wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "liteboxd_gateway", *args, stdout=log, stderr=log,
+        env={**os.environ, "PYTHONPATH": str(GATEWAY_SRC), **(env or {})})
+    log.close()
+    return process
+
+
+async def wait_ready(http, url, process, log_path):
+    for _ in range(600):
+        if process.returncode is not None:
+            raise AssertionError(f"gateway exited: {log_path.read_text()}")
+        try:
+            async with http.get(url + "/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gateway never ready: {log_path.read_text()}")
+
+
+def log_lines(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines() if line.startswith("{")]
+
+
+async def test_sigterm_drains_readiness_then_finishes_in_flight_requests(
+        tmp_path, kube_apiserver, kube_namespace, sandbox_factory, http):
+    sandbox = await sandbox_factory()
+    port, metrics_port = free_port(), free_port()
+    process = await start_gateway(
+        tmp_path, "--listen-host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
+        "--metrics-port", str(metrics_port), "--drain-delay", "2", "--shutdown-timeout", "20",
+        "--event-loop", "uvloop", env={"LITEBOXD_GATEWAY_KUBECONFIG": kube_apiserver.kubeconfig,
+                                      "LITEBOXD_GATEWAY_NAMESPACE": kube_namespace})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(http, url, process, tmp_path / "gateway.log")
+        started = log_lines(tmp_path)
+        assert any(e.get("version") and e.get("namespace") == kube_namespace for e in started)
+        slow = asyncio.create_task(http.get(url + sandbox.path("/slow?seconds=3"),
+                                            headers={"X-Access-Token": sandbox.token}))
+        while not sandbox.upstream.seen:
+            await asyncio.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        statuses = set()
+        while True:
+            try:
+                async with http.get(url + "/readyz") as response:
+                    statuses.add(response.status)
+                    if response.status == 503:
+                        assert (await response.text()) == "draining\n"
+                        break
+            except aiohttp.ClientConnectionError:
+                break
+            await asyncio.sleep(0.02)
+        assert 503 in statuses
+        response = await slow
+        assert (response.status, await response.text()) == (200, "slow done")
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        messages = [e["message"] for e in log_lines(tmp_path)]
+        assert "draining" in messages and messages[-1] == "stopped"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_workers_share_the_port_with_reuseport(tmp_path, kube_apiserver, kube_namespace, sandbox_factory,
+                                                     http):
+    sandbox = await sandbox_factory()
+    port, metrics_port = free_port(), free_port()
+    process = await start_gateway(
+        tmp_path, "--listen-host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
+        "--metrics-port", str(metrics_port), "--workers", "2", "--drain-delay", "0",
+        "--kubeconfig", kube_apiserver.kubeconfig, "--namespace", kube_namespace)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(http, url, process, tmp_path / "gateway.log")
+        for worker in range(2):
+            for _ in range(600):
+                try:
+                    async with http.get(f"http://127.0.0.1:{metrics_port + worker}/metrics") as response:
+                        if "liteboxd_gateway_cache_synced 1" in await response.text():
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"worker {worker} never synced")
+        for _ in range(20):
+            async with aiohttp.ClientSession() as fresh:  # new connections, spread by the kernel
+                async with fresh.get(url + sandbox.path("/"), headers={"X-Access-Token": sandbox.token}) as r:
+                    assert r.status == 200
+        pids = {e["pid"] for e in log_lines(tmp_path) if e.get("message", "").endswith("listening")}
+        assert len(pids) == 2
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_bad_settings_stop_start_up_with_the_flag_named(tmp_path):
+    for args, env, flag in ((["--allowed-ports", "80-20"], {}, "--allowed-ports"),
+                            ([], {"LITEBOXD_GATEWAY_PORT": "http"}, "--port"),
+                            (["--domain", "Bad_Domain"], {}, "--domain")):
+        process = await start_gateway(tmp_path, *args, env=env)
+        assert await asyncio.wait_for(process.wait(), 60) == 2
+        assert flag in (tmp_path / "gateway.log").read_text()
+
+
+async def test_version_flag(tmp_path):
+    from liteboxd_gateway import __version__
+
+    process = await start_gateway(tmp_path, "--version")
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+    assert (tmp_path / "gateway.log").read_text().strip() == __version__
