@@ -310,7 +310,10 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_rout
     dummy_available,
 )
 
-STATE_FILE, APPLY, TEARDOWN, NFT = "state.json", "apply.sh", "teardown.sh", "cube-router.nft"
+STATE_FILE = "state.json"
+APPLY = "apply.sh"
+TEARDOWN = "teardown.sh"
+NFT = "cube-router.nft"
 
 
 def _read(path):
