@@ -70,6 +70,9 @@ NUD_STATES = {
     'failed': 0x20, 'noarp': 0x40, 'permanent': 0x80,
 }
 
+_ROUTE_TYPE_NAMES = dict((v, k) for k, v in ROUTE_TYPES.items())
+_SCOPE_NAMES = dict((v, k) for k, v in SCOPES.items())
+_RULE_ACTION_NAMES = dict((v, k) for k, v in RULE_ACTIONS.items())
 _NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,63}$')
 
 
@@ -292,19 +295,17 @@ def route_from_msg(msg, ifnames):
     family = _family_name(msg['family'])
     dst = attrs.get('RTA_DST')
     dst = '%s/%d' % (dst, msg['dst_len']) if dst else _default_dst(family)
-    type_names = dict((v, k) for k, v in ROUTE_TYPES.items())
-    scope_names = dict((v, k) for k, v in SCOPES.items())
     oif = attrs.get('RTA_OIF')
     route = dict(
         family=family,
         table=attrs.get('RTA_TABLE', msg.get('table')),
         dst=dst,
         metric=attrs.get('RTA_PRIORITY', 0),
-        type=type_names.get(msg['type'], str(msg['type'])),
+        type=_ROUTE_TYPE_NAMES.get(msg['type'], str(msg['type'])),
         via=attrs.get('RTA_GATEWAY'),
         dev=ifnames.get(oif, str(oif)) if oif is not None else None,
         src=attrs.get('RTA_PREFSRC'),
-        scope=scope_names.get(msg['scope'], str(msg['scope'])),
+        scope=_SCOPE_NAMES.get(msg['scope'], str(msg['scope'])),
         proto=msg.get('proto'),
     )
     if 'RTA_MULTIPATH' in attrs:
@@ -463,10 +464,9 @@ def rule_from_msg(msg):
     """RTM_NEWRULE message → rule dict."""
     attrs = _attrs(msg)
     family = _family_name(msg['family'])
-    action_names = dict((v, k) for k, v in RULE_ACTIONS.items())
     src = attrs.get('FRA_SRC')
     dst = attrs.get('FRA_DST')
-    action = action_names.get(msg['action'], str(msg['action']))
+    action = _RULE_ACTION_NAMES.get(msg['action'], str(msg['action']))
     mark = attrs.get('FRA_FWMARK')
     mask = attrs.get('FRA_FWMASK')
     if mark is not None and mask is None:
