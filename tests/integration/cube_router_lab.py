@@ -55,10 +55,29 @@ ECHO_SERVER = textwrap.dedent("""
 """)
 
 CLIENT = textwrap.dedent("""
-    import json, socket, sys
+    import json, os, socket, struct, sys
     target, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     source = sys.argv[4] if len(sys.argv) > 4 else None
-    if proto == "tcp":
+
+    def checksum(data):
+        total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+        total = (total >> 16) + (total & 0xFFFF)
+        return ~(total + (total >> 16)) & 0xFFFF
+
+    if proto == "icmp":  # echo request; "seen" is who answered the matching echo reply
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sock.settimeout(5)
+        ident = os.getpid() & 0xFFFF
+        header = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"cube-router"
+        sock.sendto(struct.pack("!BBHHH", 8, 0, checksum(header + b"\\0"), ident, 1) + b"cube-router", (target, 0))
+        while True:
+            data, peer = sock.recvfrom(1024)
+            offset = (data[0] & 0x0F) * 4
+            kind, _, _, reply_id, _ = struct.unpack("!BBHHH", data[offset:offset + 8])
+            if kind == 0 and reply_id == ident:
+                seen = peer[0]
+                break
+    elif proto == "tcp":
         sock = socket.create_connection((target, port), timeout=5,
                                         source_address=(source, 0) if source else None)
         seen = sock.recv(512).decode()

@@ -114,6 +114,10 @@ def test_sandbox_egress_follows_the_tunnel_route_and_is_seen_on_cube_router_firs
     tracked = lab.host.run(["conntrack", "-L", "-p", "udp"]).stdout
     assert "src=%s dst=%s" % (SANDBOX_IP, ECHO_IP) in tracked and "dst=%s" % NAT_IP in tracked
     assert "src=%s dst=%s" % (NAT_IP, ECHO_IP) in tracked and "dst=%s" % TUNNEL_HOST_IP in tracked
+    # ICMP is MASQUERADEd too: the echo host gets the request from the remote gateway, the sandbox the reply.
+    capture = lab.capture("icmp[icmptype] == icmp-echo", 1, ns=lab.echo)
+    assert lab.seen_by(lab.sandbox, ECHO_IP, proto="icmp") == ECHO_IP
+    assert capture.stop()[0][2].startswith("%s > %s: ICMP echo request" % (REMOTE_GW_IP, ECHO_IP))
     route = lab.host.ip_json("route get %s from %s iif cube-router" % (ECHO_IP, NAT_IP))[0]
     assert route["dev"] == "natvx"
 
