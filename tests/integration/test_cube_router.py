@@ -246,3 +246,23 @@ def test_bad_input_names_the_rule_and_applies_nothing(lab, files, extra, rule):
     assert result["rule"] == rule and rule in result["msg"]
     assert lab.snapshot() == before
     assert not os.path.exists(files["state_dir"])
+
+
+def test_renamed_device_replaces_the_old_one_and_absent_removes_it(lab, files):
+    cube(lab, args(files))
+    renamed = cube(lab, args(files, device="cr-egress", rules=[{"priority": 30000, "iif": "cr-egress", "table": "200"}]))
+    assert renamed["changed"] is True and renamed["device"] == "cr-egress" and renamed["peer"] == "cr-egress-p"
+    names = [link["ifname"] for link in lab.host.ip_json("link show")]
+    assert "cube-router" not in names and "cube-router-p" not in names and "cr-egress" in names
+    assert "cube-router" not in lab.host.ip("-4 rule show")
+    assert lab.seen_by(lab.sandbox, PRIVATE_TARGET) == HOST_LAN_IP
+    assert lab.seen_by(lab.sandbox, ECHO_IP) == REMOTE_GW_IP
+    cube(lab, dict(state="absent", **files))
+    assert "cr-egress" not in [link["ifname"] for link in lab.host.ip_json("link show")]
+
+
+def test_an_existing_foreign_device_is_not_taken_over(lab, files):
+    before = lab.snapshot()
+    result = cube(lab, args(files, device="lan0"), expect_fail=True)
+    assert result["msg"].startswith("device: lan0 already exists")
+    assert lab.snapshot() == before and not os.path.exists(files["state_dir"])
