@@ -72,7 +72,9 @@ options:
     elements: int
     default: []
   resources:
-    description: Container resources, C(requests) and/or C(limits) maps such as C({cpu: 500m, memory: 512Mi}).
+    description:
+      - Container resources, C(requests) and/or C(limits), each a map of quantities (for example C(cpu) V(500m),
+        C(memory) V(512Mi)).
     type: dict
   labels:
     description:

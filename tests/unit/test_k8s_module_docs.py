@@ -1,0 +1,54 @@
+"""DOCUMENTATION of the Kubernetes modules matches their argument_spec (what validate-modules
+checks), EXAMPLES and RETURN are valid YAML, and every module is in the `k8s` action group."""
+import importlib
+
+import pytest
+import yaml
+
+from tests.lib.collection import REPO
+
+PACKAGE = "ansible_collections.liteboxd.sandbox_network.plugins"
+MODULES = ("sandbox", "sandbox_network_policies", "egress_gateway_policy")
+COMPARED = ("type", "default", "choices", "elements", "required", "aliases")
+
+
+def normalised(option, key):
+    value = option.get(key)
+    if key == "type":
+        return value or "str"
+    if key == "required":
+        return bool(value)
+    if key == "aliases":
+        return value or []
+    return value
+
+
+def mismatches(documented, spec, path=""):
+    found = ["%s%s: undocumented" % (path, n) for n in set(spec) - set(documented)]
+    found += ["%s%s: not an option" % (path, n) for n in set(documented) - set(spec)]
+    for name in set(spec) & set(documented):
+        for key in COMPARED:
+            if normalised(documented[name], key) != normalised(spec[name], key):
+                found.append("%s%s.%s: doc %r, spec %r" % (path, name, key, documented[name].get(key),
+                                                          spec[name].get(key)))
+        if "options" in spec[name] or "suboptions" in documented[name]:
+            found += mismatches(documented[name].get("suboptions", {}), spec[name].get("options", {}),
+                                "%s%s." % (path, name))
+    return found
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_documentation_matches_the_argument_spec(name):
+    module = importlib.import_module("%s.modules.%s" % (PACKAGE, name))
+    fragment = importlib.import_module("%s.doc_fragments.k8s_auth" % PACKAGE).ModuleDocFragment
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert doc["extends_documentation_fragment"] == ["liteboxd.sandbox_network.k8s_auth"]
+    options = dict(doc["options"], **yaml.safe_load(fragment.DOCUMENTATION)["options"])
+    assert mismatches(options, module.argument_spec()) == []
+    assert yaml.safe_load(module.EXAMPLES)
+    assert yaml.safe_load(module.RETURN)
+
+
+def test_every_kubernetes_module_is_in_the_k8s_action_group():
+    runtime = yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())
+    assert set(MODULES) <= set(runtime["action_groups"]["k8s"])
