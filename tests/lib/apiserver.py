@@ -50,8 +50,8 @@ def kube_assets() -> pathlib.Path:
     return pathlib.Path(out.stdout.strip().splitlines()[-1])
 
 
-def _write_pki(pki: pathlib.Path):
-    """A CA, a serving certificate for 127.0.0.1/localhost, and a service-account key pair."""
+def write_pki(pki: pathlib.Path, ips=("127.0.0.1",)):
+    """A CA, a serving certificate for localhost and ``ips``, and a service-account key pair."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -78,8 +78,8 @@ def _write_pki(pki: pathlib.Path):
            .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=7))
            .add_extension(x509.SubjectAlternativeName([
-               x509.DNSName("localhost"), x509.DNSName("kubernetes.default.svc"),
-               x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+               x509.DNSName("localhost"), x509.DNSName("kubernetes.default.svc")]
+               + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]), critical=False)
            .sign(ca_key, hashes.SHA256()))
     sa_key = key()
     (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -88,6 +88,39 @@ def _write_pki(pki: pathlib.Path):
     (pki / "sa.key").write_bytes(pem_key(sa_key))
     (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def apiserver_args(etcd_url, bind_address, port, pki, tokens_file, advertise_address=None):
+    """kube-apiserver flags that work for v1.20 without a controller-manager (lab-notes).
+    A host without a default route (every lab host) must name its advertise address."""
+    pki = pathlib.Path(pki)
+    return [
+        "--etcd-servers", etcd_url,
+        "--bind-address", bind_address, "--secure-port", str(port),
+        "--advertise-address", advertise_address or bind_address,
+        "--tls-cert-file", str(pki / "server.crt"), "--tls-private-key-file", str(pki / "server.key"),
+        "--client-ca-file", str(pki / "ca.crt"),
+        "--token-auth-file", str(tokens_file),
+        "--authorization-mode", "RBAC",
+        "--service-account-key-file", str(pki / "sa.pub"),
+        "--service-account-signing-key-file", str(pki / "sa.key"),
+        "--service-account-issuer", "https://kubernetes.default.svc",
+        "--api-audiences", "https://kubernetes.default.svc",
+        "--service-cluster-ip-range", "10.96.0.0/12",
+        "--disable-admission-plugins", "ServiceAccount",
+        "--endpoint-reconciler-type", "none",
+        "--allow-privileged=true",
+        "--v", "1",
+    ]
+
+
+def kubeconfig(server, ca_file, token, name="liteboxd-test"):
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": name,
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "users": [{"name": "admin", "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": "admin"}}],
+    }
 
 
 class KubeAPIServer:
@@ -129,23 +162,8 @@ class KubeAPIServer:
 
     def _start_apiserver(self):
         pki = self.workdir / "pki"
-        self._apiserver = self._spawn("kube-apiserver", [
-            str(self.assets / "kube-apiserver"),
-            "--etcd-servers", self._etcd_url,
-            "--bind-address", "127.0.0.1", "--secure-port", str(self.port),
-            "--tls-cert-file", str(pki / "server.crt"), "--tls-private-key-file", str(pki / "server.key"),
-            "--client-ca-file", str(pki / "ca.crt"),
-            "--token-auth-file", str(self.workdir / "tokens.csv"),
-            "--authorization-mode", "RBAC",
-            "--service-account-key-file", str(pki / "sa.pub"),
-            "--service-account-signing-key-file", str(pki / "sa.key"),
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--api-audiences", "https://kubernetes.default.svc",
-            "--service-cluster-ip-range", "10.96.0.0/12",
-            "--disable-admission-plugins", "ServiceAccount",
-            "--endpoint-reconciler-type", "none",
-            "--allow-privileged=true",
-            "--v", "1"])
+        self._apiserver = self._spawn("kube-apiserver", [str(self.assets / "kube-apiserver")] + apiserver_args(
+            self._etcd_url, "127.0.0.1", self.port, self.workdir / "pki", self.workdir / "tokens.csv"))
         ctx = ssl.create_default_context(cafile=self.ca_file)
 
         def ready():
@@ -182,7 +200,7 @@ class KubeAPIServer:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
         (self.workdir / "pki").mkdir(parents=True, exist_ok=True)
-        _write_pki(self.workdir / "pki")
+        write_pki(self.workdir / "pki")
         (self.workdir / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
         self._write_kubeconfig()
         self._start_etcd()
@@ -208,14 +226,7 @@ class KubeAPIServer:
         return [p.pid for p in (self._etcd, self._apiserver) if p is not None and p.poll() is None]
 
     def _write_kubeconfig(self):
-        config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "liteboxd-test",
-            "clusters": [{"name": "liteboxd-test",
-                          "cluster": {"server": self.url, "certificate-authority": self.ca_file}}],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "liteboxd-test", "context": {"cluster": "liteboxd-test", "user": "admin"}}],
-        }
-        pathlib.Path(self.kubeconfig).write_text(yaml.safe_dump(config))
+        pathlib.Path(self.kubeconfig).write_text(yaml.safe_dump(kubeconfig(self.url, self.ca_file, self.token)))
 
     # -- clients and CRDs -----------------------------------------------------------------
     def api_client(self):
@@ -293,3 +304,37 @@ def kube_namespace(kube_apiserver, request):
         yield name
     finally:
         delete_namespace(api_client, name)
+
+
+def lab_control_plane(args):
+    """``python -m tests.lib.apiserver lab-control-plane DIR --ip A --server URL``: the lab's
+    API-server material (PKI, admin token, kubeconfig, kube-apiserver flags), made once."""
+    import json
+
+    state = pathlib.Path(args.dir)
+    if not (state / "pki" / "ca.crt").exists():
+        (state / "pki").mkdir(parents=True, exist_ok=True)
+        write_pki(state / "pki", ["127.0.0.1"] + args.ip)
+        token = secrets.token_hex(16)
+        (state / "pki" / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+        (state / "kubeconfig").write_text(yaml.safe_dump(kubeconfig(args.server, state / "pki" / "ca.crt", token, "liteboxd-lab")))
+        changed = True
+    else:
+        changed = False
+    remote = pathlib.Path("/etc/kubernetes/pki")
+    argv = apiserver_args("http://127.0.0.1:2379", "0.0.0.0", 6443, remote, remote / "tokens.csv", args.ip[0])
+    print(json.dumps({"changed": changed, "argv": argv, "dir": str(state)}))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.lib.apiserver")
+    sub = parser.add_subparsers(required=True)
+    lab = sub.add_parser("lab-control-plane")
+    lab.add_argument("dir")
+    lab.add_argument("--ip", action="append", default=[])
+    lab.add_argument("--server", required=True)
+    lab.set_defaults(func=lab_control_plane)
+    parsed = parser.parse_args()
+    parsed.func(parsed)

@@ -1,0 +1,43 @@
+# Sourced by the lab and test commands: installs what is missing (Debian packages, a pinned
+# virtualenv outside the checkout) and sets the environment they run in. Safe to source twice.
+set -euo pipefail
+LITEBOXD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export LITEBOXD_ROOT
+export LITEBOXD_CACHE="${LITEBOXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/liteboxd}"
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$LITEBOXD_ROOT/lab/containers.conf}"
+export ANSIBLE_CONFIG="$LITEBOXD_ROOT/ansible.cfg"
+mkdir -p "$LITEBOXD_CACHE"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+apt_packages=(podman runc mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
+              golang-go make dpkg-dev etcd-server nginx-light wrk)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  step "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${LITEBOXD_PYTHON:-python3}
+req_key=$(cat "$LITEBOXD_ROOT"/requirements/*.txt "$LITEBOXD_ROOT"/gateway/pyproject.toml 2>/dev/null \
+          | cat - <("$python" --version) | sha256sum | cut -c1-12)
+venv="$LITEBOXD_CACHE/venv-$req_key"
+if [[ ! -x "$venv/bin/ansible-playbook" || ! -e "$venv/.complete" ]]; then
+  step "creating the Python environment $venv (pinned requirements, about a minute)"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -r "$LITEBOXD_ROOT/requirements/dev.txt"
+  touch "$venv/.complete"
+fi
+if [[ -f "$LITEBOXD_ROOT/gateway/pyproject.toml" ]]; then
+  # The gateway from this checkout (editable: tests and the lab use the working tree).
+  "$venv/bin/pip" install -q --no-deps -e "$LITEBOXD_ROOT/gateway" >/dev/null
+fi
+export VIRTUAL_ENV="$venv"
+export PATH="$venv/bin:$PATH"
