@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# ansible-test sanity on this checkout. ansible-test needs the collection at
+# .../ansible_collections/<namespace>/<name>, so the tracked and new files are copied there.
+# Extra arguments go to ansible-test (e.g. --test validate-modules).
+source "$(dirname "$0")/env.sh"
+cd "$LITEBOXD_ROOT"
+tree="$LITEBOXD_CACHE/sanity/ansible_collections/liteboxd/sandbox_network"
+rm -rf "$tree" && mkdir -p "$tree"
+git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ "$tree/"
+get_pip_version=$("$VIRTUAL_ENV/bin/python" -c "import inspect, re, ansible_test._internal.python_requirements as m
+print(re.search(r\"pip='([0-9.]+)'\", inspect.getsource(m)).group(1))")
+get_pip="$HOME/.ansible/test/cache/get_pip_${get_pip_version//./_}.py"
+mkdir -p "$(dirname "$get_pip")" && cp scripts/ansible-test-get-pip.py "$get_pip"
+cd "$tree"
+git init -q && git add -A  # ansible-test lists the collection's files through git
+step "ansible-test sanity (python $("$VIRTUAL_ENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'))"
+ansible-test sanity --color no --python "$("$VIRTUAL_ENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+  --requirements --exclude extensions/molecule/resources/files/lab-echo.py "$@"
