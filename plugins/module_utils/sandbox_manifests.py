@@ -48,8 +48,6 @@ DEFAULT_DNS_NAMESPACE = "kube-system"
 DEFAULT_DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 DOMAIN_POLICY_PORTS = (80, 443)
 
-BASE_POLICY_NAMES = ("default-deny-all", "allow-dns", "deny-k8s-api", "allow-gateway-ingress",
-                     "allow-gateway-ingress-from-hosts")
 INTERNET_POLICY_NAME = "allow-internet-egress"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

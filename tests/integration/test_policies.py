@@ -212,3 +212,19 @@ def test_malformed_input_is_refused_before_any_request(bad, message):
     assert message in failed["msg"]
     assert list(bad)[0] in failed["msg"]  # the message names the option
     assert "127.0.0.1:9" not in failed["msg"]
+
+
+def test_policies_are_kept_in_etcd_across_an_api_server_restart(kube_apiserver, kube_namespace):
+    """Seed phase 1.4: the policies persist in etcd; after kube-apiserver restarts nothing needs re-applying."""
+    args = dict(auth(kube_apiserver), namespace=kube_namespace)
+    run_module("sandbox_network_policies", args)
+    before = stored(kube_apiserver, kube_namespace)
+
+    kube_apiserver.restart_apiserver()
+    after = stored(kube_apiserver, kube_namespace)
+    again = run_module("sandbox_network_policies", args)
+
+    assert set(after) == BASE | INTERNET
+    assert {key: obj["metadata"]["uid"] for key, obj in after.items()} == \
+        {key: obj["metadata"]["uid"] for key, obj in before.items()}
+    assert again["changed"] is False
