@@ -39,8 +39,8 @@ ROUTE_TYPES = ("unicast", "throw", "unreachable", "blackhole", "prohibit")
 TABLE_NAMES = {"main": 254, "local": 255, "default": 253}
 DEVICE_MAC = "<device-mac>"
 FIRST_ENABLEMENT_WARNING = (
-    "cube-router was enabled (or recreated) on this host: existing outbound connections from running "
-    "sandboxes were interrupted; they work again once the application reconnects through cube-router.")
+    "cube-router is enabled (or recreated) on this host by this run: existing outbound connections from "
+    "running sandboxes are interrupted; they work again once the application reconnects through cube-router.")
 
 
 class SpecError(ValueError):

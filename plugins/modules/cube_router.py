@@ -349,11 +349,25 @@ class CubeRouter(object):
         self.previous = json.loads(record) if record else None
         self.reader = HostReader(module.run_command)
 
-    def run_script(self, path):
+    def run_script(self, path, cleanup=None):
+        """Run a rendered script; on failure run ``cleanup`` (a teardown script text) and remove the
+        files (the teardown already ran, so no record may claim otherwise), then fail."""
         rc, out, err = self.module.run_command(["/bin/sh", path])
         if rc != 0:
-            self.module.fail_json(msg="%s failed (rc=%d): %s" % (path, rc, err.strip() or out.strip()), rc=rc,
-                                  stdout=out, stderr=err)
+            msg = "%s failed (rc=%d): %s" % (path, rc, err.strip() or out.strip())
+            if cleanup is not None:
+                self.run_script_text(cleanup)
+                self.remove_files()
+                msg += "; what it had applied was removed again"
+            self.module.fail_json(msg=msg, rc=rc, stdout=out, stderr=err)
+
+    def remove_files(self):
+        for path in list(self.paths.values()) + [self.unit, self.wants]:
+            _remove(path)
+        state_dir = self.module.params["state_dir"]
+        if os.path.isdir(state_dir) and not os.listdir(state_dir):
+            os.rmdir(state_dir)
+        self.systemd_reload()
 
     def files_state(self, wanted):
         """{path: sha256 or None} of the rendered files and the unit's enablement link."""
@@ -393,6 +407,13 @@ class CubeRouter(object):
             if not ours:
                 module.fail_json(msg="device: %s already exists as a %s link that this module did not create"
                                  % (spec["device"], existing_kind), changes=[])
+        created = set([spec["device"], spec["peer"]] + [t["name"] for t in spec["tunnels"]])
+        known = set(link.get("IFLA_IFNAME") for link in self.reader.links) | created
+        for option, items in (("routes", spec["routes"]), ("tunnels", spec["tunnels"])):
+            for index, item in enumerate(items):
+                if item.get("dev") and item["dev"] not in known:
+                    module.fail_json(msg="%s[%d].dev: device %s does not exist" % (option, index, item["dev"]),
+                                     changes=[])
         if existing_kind in ("dummy", "veth"):
             kind = existing_kind
         else:
@@ -408,8 +429,13 @@ class CubeRouter(object):
         if firewall_current:
             after["firewall"] = before["firewall"]
         forwarding_before = self.previous["forwarding_before"] if self.previous else self.reader.forwarding()
-        replaced = dict((cr.route_text(r), r) for r in (self.previous or {}).get("replaced_routes", []) +
-                        self.reader.replaced_routes(spec, previous["routes"] if previous else []))
+        # Host routes the operator routes replaced: those still replaced are carried over (a previous
+        # teardown restores the others), newly replaced ones are read from the host.
+        keys = set(cr.route_key(r) for r in spec["routes"])
+        replaced = dict((cr.route_text(r), r) for r in (self.previous or {}).get("replaced_routes", [])
+                        if cr.route_key(r) in keys)
+        replaced.update((cr.route_text(r), r) for r in self.reader.replaced_routes(
+            spec, previous["routes"] if previous else []))
         replaced = [replaced[text] for text in sorted(replaced)]
         files = {
             self.paths[NFT]: cr.render_nft(spec),
@@ -441,7 +467,7 @@ class CubeRouter(object):
         for path, text in files.items():
             _write(path, text, 0o755 if path.endswith(".sh") else 0o644)
         if host_changes:
-            self.run_script(self.paths[APPLY])
+            self.run_script(self.paths[APPLY], cleanup=files[self.paths[TEARDOWN]])
         if params["persist"]:
             if not os.path.lexists(self.wants):
                 os.makedirs(os.path.dirname(self.wants), exist_ok=True)
@@ -501,11 +527,7 @@ class CubeRouter(object):
         result = dict(changed=bool(changes), changes=changes, device=spec["device"], script=self.paths[APPLY])
         if changes and not module.check_mode:
             self.run_script_text(cr.render_teardown(spec, replaced, forwarding_before))
-            for path in paths + [self.wants]:
-                _remove(path)
-            if os.path.isdir(params["state_dir"]) and not os.listdir(params["state_dir"]):
-                os.rmdir(params["state_dir"])
-            self.systemd_reload()
+            self.remove_files()
         if module._diff:
             result["diff"] = dict(before=before, after=after)
         module.exit_json(**result)

@@ -266,3 +266,17 @@ def test_an_existing_foreign_device_is_not_taken_over(lab, files):
     result = cube(lab, args(files, device="lan0"), expect_fail=True)
     assert result["msg"].startswith("device: lan0 already exists")
     assert lab.snapshot() == before and not os.path.exists(files["state_dir"])
+
+
+def test_missing_device_fails_first_and_a_kernel_refusal_is_rolled_back(lab, files):
+    before = lab.snapshot()
+    missing = cube(lab, args(files, routes=[dict(dst="10.77.0.0/16", via=INTERNAL_GW, dev="eth9")]), expect_fail=True)
+    assert missing["msg"] == "routes[0].dev: device eth9 does not exist"
+    assert lab.snapshot() == before and not os.path.exists(files["state_dir"])
+
+    # The kernel refuses a gateway that is not on the link only when the script runs.
+    refused = cube(lab, args(files, routes=[dict(dst="10.77.0.0/16", via="10.123.0.1", dev="lan0")]), expect_fail=True)
+    assert "apply.sh failed" in refused["msg"] and "removed again" in refused["msg"]
+    assert lab.snapshot() == before
+    assert not os.path.exists(files["state_dir"])
+    assert not os.path.exists(os.path.join(files["unit_dir"], "liteboxd-cube-router.service"))
