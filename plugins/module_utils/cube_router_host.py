@@ -23,7 +23,6 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_rout
     canonical_json,
     empty_state,
     own_routes,
-    own_rules,
     route_key,
     route_text,
     rule_text,
