@@ -16,7 +16,7 @@ description:
     policy selects) or removes them, with a JSON merge patch that touches no other label.
   - Check mode sends the patch with server-side dry run; diff shows the Node's labels before and after.
 author:
-  - LiteBoxd platform team
+  - LiteBoxd platform team (@liteboxd)
 requirements:
   - kubernetes
 extends_documentation_fragment:

@@ -24,7 +24,7 @@ description:
     A rule is identified by its priority and selectors (from, to, iif, oif, fwmark); a declared rule
     replaces a rule with the same identity and another target, which would otherwise shadow it.
 author:
-  - LiteBoxd platform team
+  - LiteBoxd platform team (@liteboxd)
 requirements:
   - pyroute2
   - netaddr
