@@ -87,8 +87,13 @@ def parse_network(value, where, family=None):
 
     Host bits must be clear, as the kernel demands for routes and rules."""
     text = str(value).strip()
+    addr_text, _sep, plen_text = text.partition('/')
     try:
-        net = netaddr.IPNetwork(text)
+        # The address strictly (INET_PTON): older netaddr would read "10.1" as 10.1.0.0.
+        addr = netaddr.IPAddress(addr_text, flags=netaddr.INET_PTON)
+        if _sep and not plen_text.isdigit():
+            raise ValueError(plen_text)
+        net = netaddr.IPNetwork('%s/%s' % (addr, plen_text if _sep else addr.netmask_bits()))
     except (netaddr.AddrFormatError, ValueError, TypeError):
         raise SpecError('%s: %r is not a valid IP address or CIDR' % (where, value))
     fam = 'ipv4' if net.version == 4 else 'ipv6'
