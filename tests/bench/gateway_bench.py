@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""Gateway benchmark: direct vs liteboxd-gateway vs nginx, WebSocket round trips, cache scale, churn.
+
+A script, not a test: it prints tables. Everything runs on 127.0.0.1 on this machine:
+- upstream: nginx (one worker) serving 1 KiB and 64 KiB files, and an aiohttp WebSocket echo server;
+- proxies: liteboxd-gateway (one process, uvloop, access log on) fed by a real kube-apiserver, and
+  nginx (one worker) as the equivalent reverse proxy with upstream keep-alive;
+- load: wrk (one thread, keep-alive) at several concurrencies; WebSocket round trips from aiohttp.
+
+    /tmp/boot/venv/bin/python tests/bench/gateway_bench.py [--duration 3] [--concurrency 1,10,50,200]
+"""
+import argparse
+import asyncio
+import gc
+import json
+import os
+import pathlib
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "gateway" / "src"))
+
+from tests.lib.apiserver import KubeAPIServer, kube_assets  # noqa: E402
+
+TOKEN = "bench-token-0123456789abcdef"
+NGINX_UPSTREAM = """
+worker_processes 1;
+daemon off;
+pid {dir}/upstream.pid;
+error_log {dir}/upstream-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/ub; proxy_temp_path {dir}/up; fastcgi_temp_path {dir}/uf;
+  uwsgi_temp_path {dir}/uu; scgi_temp_path {dir}/us;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; root {dir}/www; }}
+}}
+"""
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/pb; proxy_temp_path {dir}/pp; fastcgi_temp_path {dir}/pf;
+  uwsgi_temp_path {dir}/pu; scgi_temp_path {dir}/ps;
+  keepalive_requests 1000000;
+  upstream app {{ server 127.0.0.1:{upstream}; keepalive 256; }}
+  upstream ws {{ server 127.0.0.1:{ws}; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /ws {{
+      proxy_pass http://ws; proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 600s;
+    }}
+    location / {{
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $remote_addr; proxy_buffering off;
+    }}
+  }}
+}}
+"""
+WS_ECHO = """
+import sys
+from aiohttp import web
+async def ws(request):
+    sock = web.WebSocketResponse(compress=False)
+    await sock.prepare(request)
+    async for message in sock:
+        await (sock.send_str(message.data) if message.type == 1 else sock.send_bytes(message.data))
+    return sock
+app = web.Application(); app.router.add_get("/ws", ws)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Proc:
+    """CPU seconds and peak RSS of a process from /proc."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def cpu(self):
+        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self, key="VmRSS"):
+        for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def nginx_worker(master_pid):
+    children = pathlib.Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    return Proc(int(children[0]))
+
+
+def parse_wrk(text):
+    def seconds(value):
+        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+        return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = seconds(re.search(r"\s50%\s+(\S+)", text).group(1))
+    p99 = seconds(re.search(r"\s99%\s+(\S+)", text).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: (.*)", text)
+    return rps, p50, p99, (int(errors.group(1)) if errors else 0), (socket_errors.group(1) if socket_errors else "")
+
+
+def run_wrk(url, concurrency, duration, headers=()):
+    argv = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{duration}s", "--latency", "--timeout", "10s"]
+    for header in headers:
+        argv += ["-H", header]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 60)
+    return parse_wrk(out.stdout)
+
+
+async def ws_round_trips(url, count, headers=None, size=64):
+    import aiohttp
+
+    payload = "x" * size
+    samples = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, headers=headers or {}) as ws:
+            for _ in range(50):
+                await ws.send_str(payload)
+                await ws.receive()
+            started = time.perf_counter()
+            for _ in range(count):
+                t0 = time.perf_counter()
+                await ws.send_str(payload)
+                await ws.receive()
+                samples.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - started
+    samples.sort()
+    return count / elapsed, samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
+def bench_cache(sizes):
+    from liteboxd_gateway.cache import SandboxCache
+
+    rows = []
+    for size in sizes:
+        events = [json.dumps({"type": "ADDED", "object": {
+            "metadata": {"name": f"sandbox-{i:06d}-{random.getrandbits(32):08x}", "resourceVersion": str(i),
+                         "labels": {"liteboxd.io/sandbox": "true"},
+                         "annotations": {"liteboxd.io/access-token-sha256": os.urandom(32).hex()}},
+            "status": {"phase": "Running", "podIP": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                       "conditions": [{"type": "Ready", "status": "True"}]}}}).encode() for i in range(size)]
+        gc.collect()
+        tracemalloc.start()
+        cache = SandboxCache()
+        started = time.perf_counter()
+        for line in events:
+            event = json.loads(line)
+            cache.apply(event["type"], event["object"])
+        apply_seconds = time.perf_counter() - started
+        memory, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        names = [json.loads(events[random.randrange(size)])["object"]["metadata"]["name"] for _ in range(1000)]
+        lookups = names * 200
+        started = time.perf_counter()
+        for name in lookups:
+            cache.get(name)
+        lookup_ns = (time.perf_counter() - started) / len(lookups) * 1e9
+        rows.append((size, memory / size, memory / 2 ** 20, apply_seconds / size * 1e6, lookup_ns))
+        del cache, events
+    return rows
+
+
+def churn(kube, namespace, names, rate, stop):
+    """Patch Pods at `rate` events per second until stopped (each patch is one watch event)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube.api_client())
+    interval, next_at, done = 1.0 / rate, time.monotonic(), 0
+    while not stop.is_set():
+        name = names[done % len(names)]
+        core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": {"bench/churn": str(done)}}})
+        done += 1
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    stop.count = done
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--concurrency", default="1,10,50,200")
+    parser.add_argument("--sizes", default="1k,64k")
+    parser.add_argument("--ws-round-trips", type=int, default=3000)
+    parser.add_argument("--cache-sizes", default="10000,100000")
+    parser.add_argument("--churn-rate", type=float, default=100)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    sizes = args.sizes.split(",")
+
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    scratch.chmod(0o755)  # nginx workers run unprivileged and must read the files
+    (scratch / "www").mkdir()
+    (scratch / "www" / "1k").write_bytes(os.urandom(1024))
+    (scratch / "www" / "64k").write_bytes(os.urandom(65536))
+    processes = []
+    kube = None
+    try:
+        upstream_port, ws_port, nginx_port, gateway_port = free_port(), free_port(), free_port(), free_port()
+        (scratch / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=scratch, port=upstream_port))
+        (scratch / "proxy.conf").write_text(NGINX_PROXY.format(dir=scratch, port=nginx_port, upstream=upstream_port,
+                                                               ws=ws_port))
+        for conf in ("upstream.conf", "proxy.conf"):
+            processes.append(subprocess.Popen(["nginx", "-p", str(scratch), "-c", str(scratch / conf)]))
+        processes.append(subprocess.Popen([sys.executable, "-c", WS_ECHO, str(ws_port)]))
+        for port in (upstream_port, ws_port, nginx_port):
+            wait_port(port)
+        nginx_proxy = nginx_worker(processes[1].pid)
+
+        print("starting etcd + kube-apiserver ...", file=sys.stderr)
+        kube = KubeAPIServer(scratch / "kube", kube_assets())
+        (scratch / "kube").mkdir()
+        kube.start()
+        from kubernetes import client
+
+        core = client.CoreV1Api(kube.api_client())
+        namespace = "liteboxd-sandbox"
+        core.create_namespace({"metadata": {"name": namespace}})
+        pod_names = ["bench"] + [f"churn-{i}" for i in range(20)]
+        for name in pod_names:
+            core.create_namespaced_pod(namespace, {
+                "metadata": {"name": name, "labels": {"liteboxd.io/sandbox": "true", "liteboxd.io/sandbox-id": name},
+                             "annotations": {"liteboxd.io/access-token": TOKEN}},
+                "spec": {"containers": [{"name": "main", "image": "bench:1"}]}})
+            core.patch_namespaced_pod_status(name, namespace, {"status": {
+                "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                "conditions": [{"type": "Ready", "status": "True"}]}})
+
+        gateway_log = open(scratch / "gateway.log", "wb")
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "liteboxd_gateway", "--listen-host", "127.0.0.1", "--port", str(gateway_port),
+             "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), "--kubeconfig", kube.kubeconfig,
+             "--namespace", namespace, "--drain-delay", "0", "--workers", str(args.workers)],
+            stdout=gateway_log, stderr=gateway_log, env={**os.environ, "PYTHONPATH": str(REPO / "gateway" / "src")})
+        processes.append(gateway)
+        wait_port(gateway_port)
+        gateway_proc = Proc(gateway.pid)
+        while True:
+            try:
+                import urllib.request
+
+                if urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/readyz", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+
+        targets = {
+            "direct": (f"http://127.0.0.1:{upstream_port}/", (), None),
+            "gateway": (f"http://127.0.0.1:{gateway_port}/sandbox/bench/port/{upstream_port}/",
+                        (f"X-Access-Token: {TOKEN}",), gateway_proc),
+            "nginx": (f"http://127.0.0.1:{nginx_port}/", (), nginx_proxy),
+        }
+        results = {}
+        for size in sizes:
+            for concurrency in concurrencies:
+                for name, (base, headers, proc) in targets.items():
+                    cpu0 = proc.cpu() if proc else 0.0
+                    rps, p50, p99, non2xx, socket_errors = run_wrk(base + size, concurrency, args.duration, headers)
+                    cpu = (proc.cpu() - cpu0) / args.duration if proc else 0.0
+                    rss = proc.rss_mib("VmHWM") if proc else 0.0
+                    results[(size, concurrency, name)] = (rps, p50, p99, cpu, rss, non2xx, socket_errors)
+
+        print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell, gateway workers={args.workers}"
+              f" (proxy CPU = cores used by the proxy process, peak RSS = VmHWM)")
+        header = (f"{'size':>4} {'conc':>4} {'target':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5}"
+                  f" {'peakMiB':>7} {'errors':>6}")
+        print(header)
+        print("-" * len(header))
+        for size in sizes:
+            for concurrency in concurrencies:
+                for name in targets:
+                    rps, p50, p99, cpu, rss, non2xx, socket_errors = results[(size, concurrency, name)]
+                    print(f"{size:>4} {concurrency:>4} {name:>8} {rps:>9.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}"
+                          f" {cpu:>5.2f} {rss:>7.1f} {non2xx:>6} {socket_errors}")
+        print("\nratios")
+        print(f"{'size':>4} {'conc':>4} {'gw/direct rps':>13} {'gw/nginx rps':>12} {'gw added p50 ms':>15}"
+              f" {'nginx added p50 ms':>18}")
+        for size in sizes:
+            for concurrency in concurrencies:
+                direct, gw, ng = (results[(size, concurrency, n)] for n in ("direct", "gateway", "nginx"))
+                print(f"{size:>4} {concurrency:>4} {gw[0] / direct[0]:>13.2f} {gw[0] / ng[0]:>12.2f}"
+                      f" {(gw[1] - direct[1]) * 1e3:>15.3f} {(ng[1] - direct[1]) * 1e3:>18.3f}")
+
+        print(f"\nWebSocket echo, {args.ws_round_trips} sequential round trips of 64-byte text messages")
+        print(f"{'target':>8} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+        ws_targets = {
+            "direct": (f"ws://127.0.0.1:{ws_port}/ws", None),
+            "gateway": (f"ws://127.0.0.1:{gateway_port}/sandbox/bench/port/{ws_port}/ws", {"X-Access-Token": TOKEN}),
+            "nginx": (f"ws://127.0.0.1:{nginx_port}/ws", None),
+        }
+        for name, (url, headers) in ws_targets.items():
+            rate, p50, p99 = asyncio.run(ws_round_trips(url, args.ws_round_trips, headers))
+            print(f"{name:>8} {rate:>8.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}")
+
+        print(f"\nGateway p99 while {len(pod_names) - 1} sandbox Pods churn at {args.churn_rate:.0f} events/s "
+              f"(real API server patches, the gateway's watch applies them), wrk c10 1k")
+        quiet = run_wrk(targets["gateway"][0] + "1k", 10, args.duration, targets["gateway"][1])
+        stop = threading.Event()
+        worker = threading.Thread(target=churn, args=(kube, namespace, pod_names[1:], args.churn_rate, stop))
+        worker.start()
+        busy = run_wrk(targets["gateway"][0] + "1k", 10, args.duration, targets["gateway"][1])
+        stop.set()
+        worker.join()
+        achieved = stop.count / args.duration
+        print(f"{'':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'quiet':>10} {quiet[0]:>9.0f} {quiet[1] * 1e3:>8.3f} {quiet[2] * 1e3:>8.3f}")
+        print(f"{'churning':>10} {busy[0]:>9.0f} {busy[1] * 1e3:>8.3f} {busy[2] * 1e3:>8.3f}"
+              f"   ({achieved:.0f} events/s reached)")
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM if process is not processes[0] else signal.SIGQUIT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for process in processes[:2]:
+            if process.poll() is None:
+                process.kill()
+        if kube is not None:
+            kube.stop()
+
+    print("\nCache: synthetic watch events (JSON decoded and applied like the watch does), then lookups")
+    print(f"{'pods':>7} {'bytes/pod':>9} {'MiB':>7} {'apply us/event':>14} {'lookup ns':>9}")
+    for size, per_pod, total, apply_us, lookup_ns in bench_cache([int(s) for s in args.cache_sizes.split(",")]):
+        print(f"{size:>7} {per_pod:>9.0f} {total:>7.1f} {apply_us:>14.2f} {lookup_ns:>9.1f}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\ncommand: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+
+
+if __name__ == "__main__":
+    main()
