@@ -35,9 +35,11 @@ if [[ ! -x "$venv/bin/ansible-playbook" || ! -e "$venv/.complete" ]]; then
   "$venv/bin/pip" install -q -r "$LITEBOXD_ROOT/requirements/dev.txt"
   touch "$venv/.complete"
 fi
-if [[ -f "$LITEBOXD_ROOT/gateway/pyproject.toml" ]]; then
-  # The gateway from this checkout (editable: tests and the lab use the working tree).
-  "$venv/bin/pip" install -q --no-deps -e "$LITEBOXD_ROOT/gateway" >/dev/null
+if [[ -f "$LITEBOXD_ROOT/gateway/pyproject.toml" && ! -e "$venv/.gateway-$(echo "$LITEBOXD_ROOT" | sha256sum | cut -c1-8)" ]]; then
+  # The gateway from this checkout, editable: tests and the lab use the working tree.
+  step "installing the gateway package from gateway/ (editable)"
+  "$venv/bin/pip" install -q --no-deps -e "$LITEBOXD_ROOT/gateway" >/dev/null 2>&1
+  touch "$venv/.gateway-$(echo "$LITEBOXD_ROOT" | sha256sum | cut -c1-8)"
 fi
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"

@@ -264,7 +264,7 @@ class KubeAPIServer:
 
 def cilium_crds_dir() -> pathlib.Path:
     configured = os.environ.get("LITEBOXD_CILIUM_CRDS")
-    return pathlib.Path(configured) if configured else MINIMAL_CRDS
+    return (REPO / configured).resolve() if configured else MINIMAL_CRDS
 
 
 @pytest.fixture(scope="session")
