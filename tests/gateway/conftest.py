@@ -270,7 +270,13 @@ class Sandbox:
 
 
 @pytest.fixture
-async def sandbox_factory(pods, upstream_factory):
+def running_gateways():
+    """The in-process gateways of a test: sandboxes made later wait until each of them sees them."""
+    return []
+
+
+@pytest.fixture
+async def sandbox_factory(pods, upstream_factory, running_gateways):
     counter = itertools.count()
 
     async def make(name=None, hashed=False, ready=True):
@@ -282,6 +288,9 @@ async def sandbox_factory(pods, upstream_factory):
                               ip=upstream.host, ready=ready)
         else:
             await pods.create(name, token=token, ip=upstream.host, ready=ready)
+        for gateway in running_gateways:
+            if not gateway.task.done():
+                await gateway.wait_sandbox(name, ready=ready)
         return Sandbox(name, upstream, token)
 
     return make
@@ -317,8 +326,8 @@ class RunningGateway:
 
 
 @pytest.fixture
-async def gateway_factory(kube_apiserver, kube_namespace):
-    running = []
+async def gateway_factory(kube_apiserver, kube_namespace, running_gateways):
+    running = running_gateways
 
     async def make(wait_synced=True, **overrides):
         settings = dict(listen_host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
