@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Gateway benchmark: direct vs liteboxd-gateway vs nginx, WebSocket round trips, cache scale, churn.
 
 A script, not a test: it prints tables. Everything runs on 127.0.0.1 on this machine:
@@ -20,7 +19,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -146,7 +144,7 @@ def run_wrk(url, concurrency, duration, headers=()):
     argv = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{duration}s", "--latency", "--timeout", "10s"]
     for header in headers:
         argv += ["-H", header]
-    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 60)
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 60, check=True)
     return parse_wrk(out.stdout)
 
 
@@ -157,11 +155,11 @@ async def ws_round_trips(url, count, headers=None, size=64):
     samples = []
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(url, headers=headers or {}) as ws:
-            for _ in range(50):
+            for _unused in range(50):
                 await ws.send_str(payload)
                 await ws.receive()
             started = time.perf_counter()
-            for _ in range(count):
+            for _unused in range(count):
                 t0 = time.perf_counter()
                 await ws.send_str(payload)
                 await ws.receive()
@@ -190,9 +188,10 @@ def bench_cache(sizes):
             event = json.loads(line)
             cache.apply(event["type"], event["object"])
         apply_seconds = time.perf_counter() - started
-        memory, _ = tracemalloc.get_traced_memory()
+        memory, _unused = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        names = [json.loads(events[random.randrange(size)])["object"]["metadata"]["name"] for _ in range(1000)]
+        names = [json.loads(events[random.randrange(size)])["object"]["metadata"]["name"]
+                 for _unused in range(1000)]
         lookups = names * 200
         started = time.perf_counter()
         for name in lookups:

@@ -168,7 +168,7 @@ class Upstream:
         while True:
             message = await ws.receive()
             if message.type == aiohttp.WSMsgType.TEXT:
-                command, _, arg = message.data.partition(" ")
+                command, _unused, arg = message.data.partition(" ")
                 if command == "close":
                     await ws.close(code=int(arg), message=b"upstream says bye")
                     break

@@ -68,7 +68,7 @@ async def test_list_is_paged(gateway_factory, pods, monkeypatch):
     for i in range(5):
         await pods.create(f"paged-{i}", token="tok", ip="127.0.0.1")
     gateway = await gateway_factory()
-    assert {f"paged-{i}" for i in range(5)} <= {name for name in gateway.gateway.cache._sandboxes}
+    assert {f"paged-{i}" for i in range(5)} <= set(gateway.gateway.cache._sandboxes)
 
 
 async def test_keeps_serving_from_cache_while_the_api_server_restarts_then_resyncs(
@@ -78,7 +78,7 @@ async def test_keeps_serving_from_cache_while_the_api_server_restarts_then_resyn
     await gateway.wait_sandbox(sandbox.name)
     await asyncio.to_thread(kube_apiserver.stop_apiserver)
     try:
-        for _ in range(3):
+        for _unused in range(3):
             assert await fetch(http, gateway, sandbox) == 200
         async with http.get(gateway.url + "/readyz") as response:
             assert response.status == 200  # synced once; a lost API server does not empty the cache

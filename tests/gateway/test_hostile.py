@@ -63,7 +63,7 @@ async def test_path_traversal_never_reaches_another_sandbox_or_gateway_paths(two
 
 
 async def test_gateway_paths_behind_routing_go_to_the_sandbox_not_the_gateway(two_sandboxes):
-    gateway, alice, _ = two_sandboxes
+    gateway, alice, _unused = two_sandboxes
     for path in ("/readyz", "/status.ok"):
         response = await raw_exchange(gateway.port, request(
             path, [f"OpenSandbox-Ingress-To: alice-{alice.port}", f"X-Access-Token: {alice.token}"]))
@@ -90,7 +90,7 @@ async def test_absolute_form_target_is_refused(two_sandboxes):
 async def test_conflicting_routing_headers_are_refused(two_sandboxes, headers):
     gateway, alice, bob = two_sandboxes
     lines = [h.format(a=alice.port, b=bob.port) for h in headers] + [f"X-Access-Token: {alice.token}"]
-    data = ("\r\n".join([f"GET / HTTP/1.1", "Connection: close", *lines]) + "\r\n\r\n").encode()
+    data = ("\r\n".join(["GET / HTTP/1.1", "Connection: close", *lines]) + "\r\n\r\n").encode()
     if not any(h.startswith("Host:") for h in lines):
         data = data.replace(b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: gw.example\r\n")
     response = await raw_exchange(gateway.port, data)

@@ -14,7 +14,7 @@ async def test_concurrent_connection_limit_gives_429(gateway_factory, sandbox_fa
     other = await sandbox_factory()
     token = {"X-Access-Token": sandbox.token}
     # Two SSE streams held open by the upstream occupy both slots.
-    streams = [await http.get(gateway.url + sandbox.path("/sse"), headers=token) for _ in range(2)]
+    streams = [await http.get(gateway.url + sandbox.path("/sse"), headers=token) for _unused in range(2)]
     try:
         for stream in streams:
             assert await stream.content.readuntil(b"\n\n") == b"data: first\n\n"
@@ -52,7 +52,7 @@ async def test_request_rate_limit_gives_429(gateway_factory, sandbox_factory, ht
     gateway = await gateway_factory(rate_per_sandbox=0.001, rate_burst=3)
     sandbox = await sandbox_factory()
     statuses = []
-    for _ in range(5):
+    for _unused in range(5):
         async with http.get(gateway.url + sandbox.path("/"), headers={"X-Access-Token": sandbox.token}) as r:
             statuses.append(r.status)
     assert statuses == [200, 200, 200, 429, 429]
@@ -70,7 +70,7 @@ async def test_metrics_are_served_on_their_own_port_without_sandbox_ids(gateway_
     expected = ['liteboxd_gateway_requests_total{form="path",code="200"} 1',
                 'liteboxd_gateway_requests_total{form="path",code="401"} 1']
     # The handler records its metrics just after the last byte went out: read until both show.
-    for _ in range(100):
+    for _unused in range(100):
         async with http.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as r:
             assert r.status == 200
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -101,7 +101,7 @@ async def test_access_log_is_json_with_request_id_and_never_a_token(gateway_fact
     async with http.ws_connect(ws_base + sandbox.path(f"/ws?access_token={sandbox.token}")) as ws:
         await ws.send_str("x")
         await ws.receive()
-    for _ in range(100):  # the last line is written just after the client saw the close
+    for _unused in range(100):  # the last line is written just after the client saw the close
         records = [r for r in caplog.records if r.name == "liteboxd_gateway.access"]
         if len(records) >= 3:
             break

@@ -33,7 +33,7 @@ async def test_path_form_without_trailing_path_reaches_root(gateway_factory, san
     sandbox = await sandbox_factory()
     for suffix, expected in (("", "/"), ("/", "/"), ("?x=1", "/?x=1")):
         url = aiohttp.client.URL(f"{gateway.url}/sandbox/{sandbox.name}/port/{sandbox.port}{suffix}", encoded=True)
-        status, body, _ = await get_json(http, url, headers={"X-Access-Token": sandbox.token})
+        status, body, _unused = await get_json(http, url, headers={"X-Access-Token": sandbox.token})
         assert (status, body["raw_path"]) == (200, expected)
 
 
@@ -49,10 +49,10 @@ async def test_header_forms_and_host_form_route_with_token(gateway_factory, sand
     ]
     for form in forms:
         headers = dict(form, **{"X-Access-Token": sandbox.token})
-        status, body, _ = await get_json(http, gateway.url + "/some/path?x=1", headers=headers)
+        status, body, _unused = await get_json(http, gateway.url + "/some/path?x=1", headers=headers)
         assert status == 200, form
         assert body["raw_path"] == "/some/path?x=1"
-        sent = {k.lower() for k, _ in body["headers"]}
+        sent = {k.lower() for k, _unused in body["headers"]}
         assert not sent & {"opensandbox-ingress-to", "open-sandbox-ingress", "x-access-token"}
         # without the token: 401
         async with http.get(gateway.url + "/some/path", headers=form) as response:
@@ -91,8 +91,8 @@ async def test_two_token_headers_are_refused(gateway_factory, sandbox_factory, h
         assert response.status == 401
 
 
-async def test_query_and_cookie_tokens_do_not_open_plain_http_and_are_removed(gateway_factory, sandbox_factory,
-                                                                               http):
+async def test_query_and_cookie_tokens_do_not_open_plain_http_and_are_removed(
+        gateway_factory, sandbox_factory, http):
     gateway = await gateway_factory()
     sandbox = await sandbox_factory()
     url = gateway.url + sandbox.path(f"/x?access_token={sandbox.token}")
@@ -102,7 +102,7 @@ async def test_query_and_cookie_tokens_do_not_open_plain_http_and_are_removed(ga
         assert response.status == 401
     url = gateway.url + sandbox.path(f"/x?a=1&access_token={sandbox.token}&b=%2F")
     headers = {"X-Access-Token": sandbox.token, "Cookie": f"keep=1; liteboxd_access_token={sandbox.token}"}
-    status, body, _ = await get_json(http, aiohttp.client.URL(url, encoded=True), headers=headers)
+    status, body, _unused = await get_json(http, aiohttp.client.URL(url, encoded=True), headers=headers)
     assert status == 200
     assert body["raw_path"] == "/x?a=1&b=%2F"
     assert dict(body["headers"])["Cookie"] == "keep=1"
@@ -143,8 +143,8 @@ async def test_not_ready_sandbox_is_503(gateway_factory, sandbox_factory, pods, 
         assert response.status == 503
 
 
-async def test_hop_by_hop_headers_removed_both_ways_and_forwarded_headers_set(gateway_factory, sandbox_factory,
-                                                                               http):
+async def test_hop_by_hop_headers_removed_both_ways_and_forwarded_headers_set(
+        gateway_factory, sandbox_factory, http):
     gateway = await gateway_factory()
     sandbox = await sandbox_factory()
     headers = {"X-Access-Token": sandbox.token, "Connection": "keep-alive, X-Private", "X-Private": "p",
@@ -170,7 +170,7 @@ async def test_trusted_forwarded_headers_are_appended(gateway_factory, sandbox_f
     gateway = await gateway_factory(trust_forwarded_headers=True)
     sandbox = await sandbox_factory()
     headers = {"X-Access-Token": sandbox.token, "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
-    status, body, _ = await get_json(http, gateway.url + sandbox.path("/"), headers=headers)
+    status, body, _unused = await get_json(http, gateway.url + sandbox.path("/"), headers=headers)
     sent = {k.lower(): v for k, v in body["headers"]}
     assert sent["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
     assert sent["x-forwarded-proto"] == "https"
@@ -238,7 +238,7 @@ async def test_upstream_statuses_pass_through(gateway_factory, sandbox_factory, 
 async def test_upstream_keep_alive_connection_is_reused(gateway_factory, sandbox_factory, http):
     gateway = await gateway_factory(upstream_idle_timeout=30)
     sandbox = await sandbox_factory()
-    for _ in range(5):
+    for _unused in range(5):
         async with http.get(gateway.url + sandbox.path("/"), headers={"X-Access-Token": sandbox.token}) as r:
             assert r.status == 200
     assert len(set(sandbox.upstream.peers)) == 1
@@ -290,7 +290,7 @@ async def test_connect_timeout_is_504(gateway_factory, pods, http):
     port = listener.getsockname()[1]
     fillers = []
     try:
-        for _ in range(8):
+        for _unused in range(8):
             filler = socket.socket()
             filler.setblocking(False)
             filler.connect_ex((host, port))

@@ -20,7 +20,7 @@ async def start_gateway(tmp_path, *args, env=None):
 
 
 async def wait_ready(http, url, process, log_path):
-    for _ in range(600):
+    for _unused in range(600):
         if process.returncode is not None:
             raise AssertionError(f"gateway exited: {log_path.read_text()}")
         try:
@@ -44,8 +44,8 @@ async def test_sigterm_drains_readiness_then_finishes_in_flight_requests(
     process = await start_gateway(
         tmp_path, "--listen-host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
         "--metrics-port", str(metrics_port), "--drain-delay", "2", "--shutdown-timeout", "20",
-        "--event-loop", "uvloop", env={"LITEBOXD_GATEWAY_KUBECONFIG": kube_apiserver.kubeconfig,
-                                      "LITEBOXD_GATEWAY_NAMESPACE": kube_namespace})
+        "--event-loop", "uvloop",
+        env={"LITEBOXD_GATEWAY_KUBECONFIG": kube_apiserver.kubeconfig, "LITEBOXD_GATEWAY_NAMESPACE": kube_namespace})
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(http, url, process, tmp_path / "gateway.log")
@@ -91,7 +91,7 @@ async def test_workers_share_the_port_with_reuseport(tmp_path, kube_apiserver, k
     try:
         await wait_ready(http, url, process, tmp_path / "gateway.log")
         for worker in range(2):
-            for _ in range(600):
+            for _unused in range(600):
                 try:
                     async with http.get(f"http://127.0.0.1:{metrics_port + worker}/metrics") as response:
                         if "liteboxd_gateway_cache_synced 1" in await response.text():
@@ -101,7 +101,7 @@ async def test_workers_share_the_port_with_reuseport(tmp_path, kube_apiserver, k
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError(f"worker {worker} never synced")
-        for _ in range(20):
+        for _unused in range(20):
             async with aiohttp.ClientSession() as fresh:  # new connections, spread by the kernel
                 async with fresh.get(url + sandbox.path("/"), headers={"X-Access-Token": sandbox.token}) as r:
                     assert r.status == 200

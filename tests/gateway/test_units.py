@@ -112,7 +112,7 @@ def test_limits():
     assert limits.acquire("a") and limits.acquire("a") and not limits.acquire("a") and limits.acquire("b")
     limits.release("a")
     assert limits.acquire("a")
-    assert [limits.allow_rate("a") for _ in range(3)] == [True, True, False]
+    assert [limits.allow_rate("a") for _unused in range(3)] == [True, True, False]
     now[0] = 1.0
     assert limits.allow_rate("a") and not limits.allow_rate("a")
 

@@ -20,7 +20,7 @@ async def test_echo_text_and_binary_with_subprotocol_chosen_by_upstream(gateway_
         await ws.send_bytes(b"\x00\x01binary")
         assert (await ws.receive()).data == b"\x00\x01binary"
         await ws.send_str("push 3")
-        assert [(await ws.receive()).data for _ in range(3)] == ["push 0", "push 1", "push 2"]
+        assert [(await ws.receive()).data for _unused in range(3)] == ["push 0", "push 1", "push 2"]
     path, headers, protocol = sandbox.upstream.ws_seen[0]
     assert protocol == "chat.v1"
     assert "X-Access-Token" not in headers
@@ -48,7 +48,7 @@ async def test_token_by_query_param_and_cookie_is_removed_before_forwarding(gate
                                headers={"Cookie": f"theme=dark; liteboxd_access_token={sandbox.token}"}) as ws:
         await ws.send_str("c")
         assert (await ws.receive()).data == "c"
-    (path1, headers1, _), (path2, headers2, _) = sandbox.upstream.ws_seen
+    (path1, headers1, _unused), (path2, headers2, _unused) = sandbox.upstream.ws_seen
     assert path1 == "/ws?room=1"
     assert headers2["Cookie"] == "theme=dark"
     assert sandbox.token not in repr(sandbox.upstream.ws_seen)
@@ -67,8 +67,8 @@ async def test_websocket_without_or_with_wrong_token_is_401(gateway_factory, san
     assert sandbox.upstream.ws_seen == []
 
 
-async def test_upstream_refusing_the_handshake_is_an_http_error_to_the_client(gateway_factory, sandbox_factory,
-                                                                               http):
+async def test_upstream_refusing_the_handshake_is_an_http_error_to_the_client(
+        gateway_factory, sandbox_factory, http):
     gateway = await gateway_factory()
     sandbox = await sandbox_factory()
     with pytest.raises(aiohttp.WSServerHandshakeError) as raised:

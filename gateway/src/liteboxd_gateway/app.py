@@ -232,4 +232,3 @@ class Gateway:
         if self.ready:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="draining\n" if self.draining else "cache not synced\n")
-

@@ -23,7 +23,7 @@ def strip_query_param(raw_query: str, name: str):
     found = None
     kept = []
     for item in raw_query.split("&"):
-        key, _, value = item.partition("=")
+        key, _unused, value = item.partition("=")
         if unquote_plus(key) == name:
             if found is None:
                 found = unquote_plus(value)
@@ -46,7 +46,7 @@ def strip_cookie(cookie_headers, name: str):
             pair = pair.strip()
             if not pair:
                 continue
-            key, _, value = pair.partition("=")
+            key, _unused, value = pair.partition("=")
             if key.strip() == name:
                 if found is None:
                     found = value.strip().strip('"')

@@ -30,7 +30,7 @@ class PortRanges:
             part = part.strip()
             if not part:
                 continue
-            low, _, high = part.partition("-")
+            low, _unused, high = part.partition("-")
             if not low.isdigit() or (high and not high.isdigit()):
                 raise ConfigError(f"--allowed-ports: {part!r} is not a port or a range like 1024-65535")
             low_port, high_port = int(low), int(high or low)

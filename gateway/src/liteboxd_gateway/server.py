@@ -116,7 +116,7 @@ def _supervise(config, connection) -> int:
     signal.signal(signal.SIGINT, forward)
     status = 0
     for child in children:
-        _, code = os.waitpid(child, 0)
+        _unused, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
     return status
 

@@ -84,7 +84,7 @@ class Relay:
         watchdog = asyncio.create_task(self._watchdog())
         tasks = (from_client, from_upstream, watchdog)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _unused = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
