@@ -24,7 +24,7 @@ if ((${#missing[@]})); then
 fi
 
 python=${LITEBOXD_PYTHON:-python3}
-req_key=$(cat "$LITEBOXD_ROOT"/requirements/*.txt "$LITEBOXD_ROOT"/gateway/pyproject.toml 2>/dev/null \
+req_key=$(cat "$LITEBOXD_ROOT"/requirements/*.txt 2>/dev/null \
           | cat - <("$python" --version) | sha256sum | cut -c1-12)
 venv="$LITEBOXD_CACHE/venv-$req_key"
 if [[ ! -x "$venv/bin/ansible-playbook" || ! -e "$venv/.complete" ]]; then
@@ -35,11 +35,8 @@ if [[ ! -x "$venv/bin/ansible-playbook" || ! -e "$venv/.complete" ]]; then
   "$venv/bin/pip" install -q -r "$LITEBOXD_ROOT/requirements/dev.txt"
   touch "$venv/.complete"
 fi
-if [[ -f "$LITEBOXD_ROOT/gateway/pyproject.toml" && ! -e "$venv/.gateway-$(echo "$LITEBOXD_ROOT" | sha256sum | cut -c1-8)" ]]; then
-  # The gateway from this checkout, editable: tests and the lab use the working tree.
-  step "installing the gateway package from gateway/ (editable)"
-  "$venv/bin/pip" install -q --no-deps -e "$LITEBOXD_ROOT/gateway" >/dev/null 2>&1
-  touch "$venv/.gateway-$(echo "$LITEBOXD_ROOT" | sha256sum | cut -c1-8)"
-fi
+# The gateway package is imported from this checkout (its dependencies are in requirements/dev.txt),
+# so one virtualenv serves any number of checkouts.
+export PYTHONPATH="$LITEBOXD_ROOT/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"
