@@ -96,6 +96,11 @@ def test_a_field_the_server_would_drop_is_refused_and_nothing_is_stored(kube_api
 def test_the_server_validates_with_ciliums_own_schema(kube_apiserver, kube_namespace):
     """Guards the meaning of "accepted by the server": Cilium's CRD schemas are installed, so a
     policy with an unknown entity is refused by the server, not only by our checks."""
+    crd = client.ApiextensionsV1Api(kube_apiserver.api_client()).read_custom_resource_definition(
+        "ciliumnetworkpolicies.cilium.io")
+    spec_schema = crd.spec.versions[0].schema.open_apiv3_schema.properties["spec"]
+    assert "egressDeny" in (spec_schema.properties or {}), \
+        "the test server has stand-in CRDs: run with LITEBOXD_CILIUM_CRDS=<shared>/crds/cilium (Cilium's own)"
     bad = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
            "metadata": {"name": "bad-entity", "namespace": kube_namespace},
            "spec": {"endpointSelector": {}, "egress": [{"toEntities": ["everything"]}]}}
