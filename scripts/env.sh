@@ -27,13 +27,19 @@ python=${LITEBOXD_PYTHON:-python3}
 req_key=$(cat "$LITEBOXD_ROOT"/requirements/*.txt 2>/dev/null \
           | cat - <("$python" --version) | sha256sum | cut -c1-12)
 venv="$LITEBOXD_CACHE/venv-$req_key"
-if [[ ! -x "$venv/bin/ansible-playbook" || ! -e "$venv/.complete" ]]; then
-  step "creating the Python environment $venv (pinned requirements, about a minute)"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -r "$LITEBOXD_ROOT/requirements/dev.txt"
-  touch "$venv/.complete"
+if [[ ! -e "$venv/.complete" ]]; then
+  # One creator at a time: concurrent commands wait for the first one's virtualenv.
+  exec {venv_lock}>"$venv.lock"
+  flock "$venv_lock"
+  if [[ ! -e "$venv/.complete" ]]; then
+    step "creating the Python environment $venv (pinned requirements, about a minute)"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -r "$LITEBOXD_ROOT/requirements/dev.txt"
+    touch "$venv/.complete"
+  fi
+  flock -u "$venv_lock"
 fi
 # The gateway package is imported from this checkout (its dependencies are in requirements/dev.txt),
 # so one virtualenv serves any number of checkouts.

@@ -9,12 +9,13 @@ import hashlib
 import itertools
 import pathlib
 import secrets
-import socket
 import sys
 
 import aiohttp
 import pytest
 from aiohttp import web
+
+from tests.lib.apiserver import free_port  # noqa: F401 (re-exported for the gateway tests)
 
 GATEWAY_SRC = pathlib.Path(__file__).resolve().parents[2] / "gateway" / "src"
 if str(GATEWAY_SRC) not in sys.path:
@@ -31,12 +32,6 @@ def next_loopback() -> str:
     """A loopback address no other upstream of this test session uses (127.0.0.2 ...)."""
     n = next(_addresses)
     return f"127.0.{n // 250}.{n % 250 + 2}"
-
-
-def free_port(host="127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 # -- upstream servers -------------------------------------------------------------------------

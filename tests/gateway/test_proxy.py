@@ -7,7 +7,7 @@ import socket
 
 import aiohttp
 
-from conftest import free_port, next_loopback
+from tests.gateway.conftest import free_port, next_loopback
 
 
 async def get_json(http, url, **kwargs):

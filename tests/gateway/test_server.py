@@ -7,7 +7,7 @@ import sys
 
 import aiohttp
 
-from conftest import GATEWAY_SRC, free_port
+from tests.gateway.conftest import GATEWAY_SRC, free_port
 
 
 async def start_gateway(tmp_path, *args, env=None):
