@@ -30,14 +30,16 @@ description:
     Kubernetes API, and the base policies block it as well.
   - Enforcement of the network policies is Cilium's datapath on the nodes.
 author:
-  - LiteBoxd platform team
+  - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:
   - liteboxd.sandbox_network.k8s_auth
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Writes are sent with server-side dry run. No token is generated or returned in check mode.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details: Token annotations are shown as C(<redacted>).
 options:
