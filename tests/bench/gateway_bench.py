@@ -106,20 +106,29 @@ def wait_port(port, timeout=60):
 
 
 class Proc:
-    """CPU seconds and peak RSS of a process from /proc."""
+    """CPU seconds and peak RSS of a process and its children (gateway workers) from /proc."""
 
     def __init__(self, pid):
         self.pid = pid
 
+    def pids(self):
+        children = pathlib.Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [self.pid] + [int(child) for child in children]
+
     def cpu(self):
-        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def rss_mib(self, key="VmRSS"):
-        for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        total = 0.0
+        for pid in self.pids():
+            for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1]) / 1024
+        return total
 
 
 def nginx_worker(master_pid):
