@@ -238,10 +238,9 @@ class K8sClient(object):
         # "404 page not found") means the API group/resource itself is not served.
         is_object_404 = isinstance(payload, dict) and payload.get("kind") == "Status" and payload.get("details")
         if status == 404 and resource is not None and resource.crd and not is_object_404:
+            missing = (self.host, resource.plural, resource.api_version, resource.crd)
             return K8sApiError("the Kubernetes API at %s does not serve %s (%s): the CustomResourceDefinition %s is "
-                               "not installed (install or upgrade Cilium)" % (self.host, resource.plural,
-                                                                            resource.api_version, resource.crd),
-                               status, reason)
+                               "not installed (install or upgrade Cilium)" % missing, status, reason)
         return K8sApiError("%s %s failed (%s %s): %s" % (method, path, status, reason or "", message), status,
                            payload.get("reason") if isinstance(payload, dict) else reason)
 

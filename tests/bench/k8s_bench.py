@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the cluster-plane modules against a real kube-apiserver + etcd (prints numbers;
 not a test, nothing passes or fails).
 
@@ -120,7 +119,7 @@ def main():
             policy_args = dict(auth, namespace="bench-subprocess")
             run_module("sandbox_network_policies", policy_args)
             samples = []
-            for _ in range(count):
+            for _run in range(count):
                 seconds, result = timed(lambda: run_module("sandbox_network_policies", policy_args))
                 assert result["changed"] is False
                 samples.append(seconds)
@@ -130,7 +129,7 @@ def main():
             created, create_requests = [], []
             for i in range(count):
                 with RequestCounter() as counter:
-                    seconds, _ = timed(lambda i=i: run_in_process(sandbox_module, sandbox_args("bench-inprocess", i)))
+                    seconds = timed(lambda i=i: run_in_process(sandbox_module, sandbox_args("bench-inprocess", i)))[0]
                 created.append(seconds)
                 create_requests.append(counter.count)
             report("sandbox create (wait: false), in-process", created,
@@ -148,7 +147,7 @@ def main():
             policy_args = dict(auth, namespace="bench-inprocess")
             run_in_process(policies_module, policy_args)
             samples, requests = [], []
-            for _ in range(count):
+            for _run in range(count):
                 with RequestCounter() as counter:
                     seconds, result = timed(lambda: run_in_process(policies_module, policy_args))
                 assert result["changed"] is False

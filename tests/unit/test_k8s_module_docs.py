@@ -29,8 +29,8 @@ def mismatches(documented, spec, path=""):
     for name in set(spec) & set(documented):
         for key in COMPARED:
             if normalised(documented[name], key) != normalised(spec[name], key):
-                found.append("%s%s.%s: doc %r, spec %r" % (path, name, key, documented[name].get(key),
-                                                          spec[name].get(key)))
+                values = (documented[name].get(key), spec[name].get(key))
+                found.append("%s%s.%s: doc %r, spec %r" % ((path, name, key) + values))
         if "options" in spec[name] or "suboptions" in documented[name]:
             found += mismatches(documented[name].get("suboptions", {}), spec[name].get("options", {}),
                                 "%s%s." % (path, name))

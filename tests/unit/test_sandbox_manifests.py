@@ -81,8 +81,8 @@ def test_internet_set_is_every_public_destination_on_every_port():
 def test_domain_policy_uses_fqdns_on_80_and_443_for_one_sandbox():
     policy = m.domain_policy("sbx-1", "ns", ["PyPI.org.", "*.GitHub.com", "pypi.org"])
     assert policy["metadata"]["name"] == "allow-domains-sbx-1"
-    assert policy["metadata"]["labels"] == dict(MANAGED, **{"liteboxd.io/policy-set": "domains",
-                                                           "liteboxd.io/sandbox-id": "sbx-1"})
+    expected_labels = {"liteboxd.io/policy-set": "domains", "liteboxd.io/sandbox-id": "sbx-1"}
+    assert policy["metadata"]["labels"] == dict(MANAGED, **expected_labels)
     assert policy["spec"] == {
         "endpointSelector": {"matchLabels": {"liteboxd.io/sandbox-id": "sbx-1"}},
         "egress": [{"toFQDNs": [{"matchName": "pypi.org"}, {"matchPattern": "*.github.com"}],
