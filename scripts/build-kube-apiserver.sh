@@ -20,7 +20,7 @@ fi
 
 cache="${LITEBOXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/liteboxd}"
 version="1.20.5+really1.20.2"
-assets="$cache/kube-assets/v1.20.2"
+assets="$cache/kube-assets/v1.20.2-r2"
 if [[ -x "$assets/kube-apiserver" && -x "$assets/etcd" ]]; then
   log "cached: $assets"
   echo "$assets"
@@ -113,8 +113,13 @@ start=$(date +%s)
 ticker=$!
 trap 'kill $ticker 2>/dev/null || true' EXIT
 mkdir -p "$assets.tmp"
-pkg=k8s.io/kubernetes/vendor/k8s.io/component-base/version
-go build -trimpath -ldflags "-s -w -X $pkg.gitVersion=v1.20.2 -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 -X $pkg.gitTreeState=clean" -o "$assets.tmp/kube-apiserver" ./cmd/kube-apiserver
+# Stamp the version as Kubernetes' own build does (hack/lib/version.sh): both version packages,
+# so `--version` and the /version endpoint agree.
+ldflags="-s -w"
+for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=v1.20.2 -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 -X $pkg.gitTreeState=clean"
+done
+go build -trimpath -ldflags "$ldflags" -o "$assets.tmp/kube-apiserver" ./cmd/kube-apiserver
 kill $ticker 2>/dev/null || true
 ln -sf "$(command -v etcd)" "$assets.tmp/etcd"
 rm -rf "$assets" && mv "$assets.tmp" "$assets"

@@ -1,9 +1,16 @@
-"""The API-server fixture is a real kube-apiserver: it validates, stores, patches and watches."""
+"""The API-server fixture is a real kube-apiserver: it validates, stores, patches and watches,
+and never outlives the test run that started it."""
 import os
+import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
+
+from tests.lib.collection import REPO
 
 
 def test_pod_created_status_patched_and_watched(kube_apiserver, kube_namespace):
@@ -82,3 +89,67 @@ def test_apiserver_restart_keeps_data(kube_apiserver, kube_namespace):
     core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "kept"}, "data": {"k": "v"}})
     kube_apiserver.restart_apiserver()
     assert client.CoreV1Api(kube_apiserver.api_client()).read_namespaced_config_map("kept", kube_namespace).data == {"k": "v"}
+
+
+INNER_TEST = '''
+import pathlib, time
+PIDS = pathlib.Path({pids!r})
+
+def test_uses_the_server(kube_apiserver):
+    PIDS.write_text(" ".join(map(str, kube_apiserver.pids)))
+    if {sleep}:
+        time.sleep(600)  # killed from outside before this ends
+    assert False, "this inner test fails on purpose"
+'''
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _wait_gone(pids, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    return [p for p in pids if _alive(p)]
+
+
+def _inner_run(tmp_path, sleep):
+    pids_file = tmp_path / "pids"
+    test_file = tmp_path / "test_inner.py"
+    test_file.write_text(INNER_TEST.format(pids=str(pids_file), sleep=sleep))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.lib.apiserver", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), str(test_file)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return proc, pids_file
+
+
+def test_a_failing_test_leaves_no_server_behind(tmp_path):
+    proc, pids_file = _inner_run(tmp_path, sleep=False)
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 1, output
+    assert "this inner test fails on purpose" in output
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 2  # etcd and kube-apiserver
+    assert _wait_gone(pids) == []
+
+
+def test_a_killed_test_run_leaves_no_server_behind(tmp_path):
+    proc, pids_file = _inner_run(tmp_path, sleep=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not pids_file.exists() or not pids_file.read_text():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the inner run never started its server"
+            time.sleep(0.2)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        assert all(_alive(p) for p in pids)
+    finally:
+        proc.kill()  # SIGKILL: no finalizer runs; the parent-death signal must stop the servers
+        proc.wait()
+    assert _wait_gone(pids) == []
