@@ -184,8 +184,8 @@ class ApiClient(object):
                         continue
                     raise ZeroTierError(
                         "%s rate limit (HTTP 429) on %s %s: %s (asked to retry after %ss; already waited %ss of "
-                        "rate_limit_wait=%ss)" % (self.api_name, method, path, message, delay, waited,
-                                                   self.rate_limit_wait), status=429)
+                        "rate_limit_wait=%ss)" % (self.api_name, method, path, message, delay, waited, self.rate_limit_wait),
+                        status=429)
                 if exc.code in (401, 403):
                     raise ZeroTierError(
                         "%s rejected the credentials (HTTP %d) on %s %s: %s. Check the %s option."

@@ -22,7 +22,7 @@ description:
   - Network id, node id and addresses are validated before any request is made.
 version_added: "0.1.0"
 author:
-  - LiteBoxd platform team
+  - LiteBoxd platform team (@liteboxd)
 options:
   api:
     description:

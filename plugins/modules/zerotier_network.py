@@ -23,7 +23,7 @@ description:
   - The network id is validated before any request is made.
 version_added: "0.1.0"
 author:
-  - LiteBoxd platform team
+  - LiteBoxd platform team (@liteboxd)
 options:
   network_id:
     description:

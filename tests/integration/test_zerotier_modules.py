@@ -143,7 +143,7 @@ def test_authorizing_while_waiting_lets_the_join_finish(stub):
     # First join without waiting, authorize, then wait: ACCESS_DENIED turns into OK.
     run_module("zerotier_network", network_args(stub, wait=False))
     statuses = [run_module("zerotier_network", network_args(stub, state="query"))["status"]
-                for _ in range(stub.config_polls + 1)]
+                for poll in range(stub.config_polls + 1)]
     assert statuses == ["REQUESTING_CONFIGURATION"] * stub.config_polls + ["ACCESS_DENIED"]
     authorize(stub, ip_assignments=["10.147.17.77"])
     result = run_module("zerotier_network", network_args(stub, wait_for_authorization=True))

@@ -62,8 +62,8 @@ def test_controller_body_is_flat_and_central_body_nests_config():
 
 def test_member_settings_read_both_shapes_the_same():
     flat = {"id": "0deadbeef1", "authorized": True, "name": "n", "ipAssignments": ["10.0.0.2", "10.0.0.1"]}
-    nested = {"nodeId": "0deadbeef1", "name": "n", "config": {"authorized": True,
-                                                             "ipAssignments": ["10.0.0.1", "10.0.0.2"]}}
+    nested = {"nodeId": "0deadbeef1", "name": "n",
+              "config": {"authorized": True, "ipAssignments": ["10.0.0.1", "10.0.0.2"]}}
     expected = {"authorized": True, "name": "n", "ip_assignments": ["10.0.0.1", "10.0.0.2"]}
     assert ControllerMembers.settings(flat) == expected
     assert CentralMembers.settings(nested) == expected
