@@ -4,8 +4,11 @@
 # Extra arguments go to ansible-test (e.g. --test validate-modules).
 source "$(dirname "$0")/env.sh"
 cd "$LITEBOXD_ROOT"
-tree="$LITEBOXD_CACHE/sanity/ansible_collections/liteboxd/sandbox_network"
-rm -rf "$tree" && mkdir -p "$tree"
+# A tree per run: concurrent runs (two checkouts, or two developers' sessions) must not share it.
+run_dir=$(mktemp -d "$LITEBOXD_CACHE/sanity.XXXXXX")
+trap 'rm -rf "$run_dir"' EXIT
+tree="$run_dir/ansible_collections/liteboxd/sandbox_network"
+mkdir -p "$tree"
 git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ "$tree/"
 get_pip_version=$("$VIRTUAL_ENV/bin/python" -c "import inspect, re, ansible_test._internal.python_requirements as m
 print(re.search(r\"pip='([0-9.]+)'\", inspect.getsource(m)).group(1))")
