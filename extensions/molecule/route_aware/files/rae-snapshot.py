@@ -17,7 +17,8 @@ def ip_json(*args):
 links = [{key: link.get(key) for key in ("ifname", "link_type", "mtu", "linkinfo")} for link in ip_json("-d", "link", "show")]
 print(json.dumps({
     "links": links,
-    "addresses": [(a["ifname"], sorted(i["local"] for i in a.get("addr_info", []))) for a in ip_json("addr", "show")],
+    # IPv4 only: IPv6 link-local addresses follow MAC addresses, which a reboot of the container renews.
+    "addresses": [(a["ifname"], sorted(i["local"] for i in a.get("addr_info", []))) for a in ip_json("-4", "addr", "show")],
     "rules": ip_json("-4", "rule", "show"),
     "routes": ip_json("-4", "route", "show", "table", "all"),
     "permanent_neighbours": [n for n in ip_json("-4", "neigh", "show") if "PERMANENT" in n.get("state", [])],
