@@ -10,7 +10,7 @@ mkdir -p "$LITEBOXD_CACHE"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-apt_packages=(podman runc mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
+apt_packages=(podman runc netavark aardvark-dns mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
               golang-go make dpkg-dev etcd-server nginx-light wrk)
 missing=()
 for pkg in "${apt_packages[@]}"; do
