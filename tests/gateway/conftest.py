@@ -15,8 +15,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.lib.apiserver import free_port  # noqa: F401 (re-exported for the gateway tests)
-
 GATEWAY_SRC = pathlib.Path(__file__).resolve().parents[2] / "gateway" / "src"
 if str(GATEWAY_SRC) not in sys.path:
     sys.path.insert(0, str(GATEWAY_SRC))

@@ -4,7 +4,7 @@ import asyncio
 import yaml
 
 from liteboxd_gateway import cache as cache_module
-from tests.gateway.conftest import free_port
+from tests.lib.apiserver import free_port
 
 
 async def fetch(http, gateway, sandbox, token=None):

@@ -7,7 +7,8 @@ import socket
 
 import aiohttp
 
-from tests.gateway.conftest import free_port, next_loopback
+from tests.gateway.conftest import next_loopback
+from tests.lib.apiserver import free_port
 
 
 async def get_json(http, url, **kwargs):

@@ -7,7 +7,8 @@ import sys
 
 import aiohttp
 
-from tests.gateway.conftest import GATEWAY_SRC, free_port
+from tests.gateway.conftest import GATEWAY_SRC
+from tests.lib.apiserver import free_port
 
 
 async def start_gateway(tmp_path, *args, env=None):
