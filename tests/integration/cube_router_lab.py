@@ -94,7 +94,7 @@ class Lab:
     """Builds the topology; ``close`` removes every namespace and process."""
 
     def __init__(self):
-        self.namespaces = []
+        self.namespaces, self.captures = [], []
         try:
             self._build()
         except Exception:
@@ -179,7 +179,9 @@ class Lab:
 
     def capture(self, bpf, count, ns=None):
         """Start ``tcpdump -i any -c count -w`` in the host (or ``ns``); returns a Capture."""
-        return Capture(ns or self.host, bpf, count)
+        capture = Capture(ns or self.host, bpf, count)
+        self.captures.append(capture)
+        return capture
 
     def snapshot(self, ns=None):
         """Everything cube_router may touch, for before/after comparisons."""
@@ -204,6 +206,9 @@ class Lab:
         }
 
     def close(self):
+        for capture in self.captures:  # a failed test may not have stopped its capture
+            if os.path.exists(capture.path):
+                os.unlink(capture.path)
         for ns in reversed(self.namespaces):
             ns.close()
         self.namespaces = []
