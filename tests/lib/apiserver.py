@@ -34,7 +34,9 @@ MINIMAL_CRDS = REPO / "tests" / "apiserver" / "crds"
 
 
 def _die_with_parent():
-    """Runs in the child before exec: the kernel sends SIGTERM when the test process dies."""
+    """Runs in the child before exec: the kernel sends SIGTERM when the parent dies. The kernel
+    ties this to the thread that forked, so start (and restart) the servers from the main thread,
+    not from a worker thread such as asyncio.to_thread."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
