@@ -14,11 +14,13 @@ def ip_json(*args):
     return json.loads(out) if out else []
 
 
-links = [{key: link.get(key) for key in ("ifname", "link_type", "mtu", "linkinfo")} for link in ip_json("-d", "link", "show")]
+# Sorted by name: a restarted container gets its interfaces back in another index order.
+links = sorted(({key: link.get(key) for key in ("ifname", "link_type", "mtu", "linkinfo")} for link in ip_json("-d", "link", "show")),
+               key=lambda link: link["ifname"])
 print(json.dumps({
     "links": links,
     # IPv4 only: IPv6 link-local addresses follow MAC addresses, which a reboot of the container renews.
-    "addresses": [(a["ifname"], sorted(i["local"] for i in a.get("addr_info", []))) for a in ip_json("-4", "addr", "show")],
+    "addresses": sorted((a["ifname"], sorted(i["local"] for i in a.get("addr_info", []))) for a in ip_json("-4", "addr", "show")),
     "rules": ip_json("-4", "rule", "show"),
     "routes": ip_json("-4", "route", "show", "table", "all"),
     "permanent_neighbours": [n for n in ip_json("-4", "neigh", "show") if "PERMANENT" in n.get("state", [])],
