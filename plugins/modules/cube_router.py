@@ -11,7 +11,8 @@ DOCUMENTATION = r"""
 module: cube_router
 short_description: Route-aware sandbox egress through a cube-router device (CubeSandbox style)
 version_added: 0.1.0
-author: LiteBoxd platform team
+author:
+  - LiteBoxd platform team (@liteboxd)
 description:
   - Makes sandbox egress follow the host's routing table instead of always leaving by the primary NIC,
     the way CubeSandbox's cube-router does. Traffic from O(sandbox_sources) is normalised to an internal

@@ -85,8 +85,8 @@ def main():
 
     node, peer = fresh_node()
     try:
-        ip_first, _ = timed(lambda: node.run(["sh", "-c", ip_script(state, rerun=False)]))
-        ip_again, _ = timed(lambda: node.run(["sh", "-c", ip_script(state, rerun=True)]))
+        ip_first, _first_result = timed(lambda: node.run(["sh", "-c", ip_script(state, rerun=False)]))
+        ip_again, _again_result = timed(lambda: node.run(["sh", "-c", ip_script(state, rerun=True)]))
         ip_rules = len([r for r in node.ip_json("-4 rule show") if 1000 <= r["priority"] < 2000])
     finally:
         node.close()

@@ -104,7 +104,7 @@ def test_sandbox_egress_follows_the_tunnel_route_and_is_seen_on_cube_router_firs
     syns = capture.stop()
     # The SYN: in from the sandbox, received on cube-router with the NAT IP, out of the tunnel with
     # the tunnel address after MASQUERADE — in that order.
-    assert [(dev, direction) for dev, direction, _ in syns] == [("sbx0", "In"), ("cube-router", "In"), ("natvx", "Out")]
+    assert [(dev, direction) for dev, direction, _source in syns] == [("sbx0", "In"), ("cube-router", "In"), ("natvx", "Out")]
     assert syns[0][2].startswith(SANDBOX_IP + ".")
     assert syns[1][2].startswith(NAT_IP + ".")
     assert syns[2][2].startswith(TUNNEL_HOST_IP + ".")
@@ -127,7 +127,7 @@ def test_private_destination_leaves_by_the_internal_nic_with_its_address(lab, fi
     capture = lab.capture("host %s and tcp port 7 and %s" % (PRIVATE_TARGET, SYN), 3)
     assert lab.seen_by(lab.sandbox, PRIVATE_TARGET) == HOST_LAN_IP
     syns = capture.stop()
-    assert [(dev, direction) for dev, direction, _ in syns] == [("sbx0", "In"), ("cube-router", "In"), ("lan0", "Out")]
+    assert [(dev, direction) for dev, direction, _source in syns] == [("sbx0", "In"), ("cube-router", "In"), ("lan0", "Out")]
     assert syns[2][2].startswith(HOST_LAN_IP + ".")
 
 

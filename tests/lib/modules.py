@@ -28,7 +28,7 @@ def run_module(name, args, check=False, diff=False, netns=None, expect_fail=Fals
         if netns:
             cmd = ["ip", "netns", "exec", netns] + cmd
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False)
     finally:
         os.unlink(args_file)
     try:

@@ -36,7 +36,8 @@ class Netns:
             argv = shlex.split(argv)
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
-        proc = subprocess.run(["ip", "netns", "exec", self.name] + list(argv), **kwargs)
+        # Checked below, so the error carries the command's output.
+        proc = subprocess.run(["ip", "netns", "exec", self.name] + list(argv), check=False, **kwargs)
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
