@@ -49,7 +49,10 @@ tree="$work/gopath/src/k8s.io/kubernetes"
 if [[ ! -d "$work/kubernetes-$version" ]]; then
   log "fetching Debian source package kubernetes $version (34 MB)"
   mkdir -p "$work"
-  (cd "$work" && apt-get source -qq "kubernetes=$version" >/dev/null 2>&1 || apt-get source -qq kubernetes >/dev/null)
+  # The pinned version first; a mirror that has moved on serves the current bookworm source.
+  if ! (cd "$work" && apt-get source -qq "kubernetes=$version" >/dev/null 2>&1); then
+    (cd "$work" && apt-get source -qq kubernetes >/dev/null)
+  fi
 fi
 mkdir -p "$(dirname "$tree")"
 ln -sfn "$work/kubernetes-$version" "$tree"
@@ -101,7 +104,7 @@ umap.write_text(text.replace(old, new))
 PY
 fi
 
-export GOPATH="$work/gopath" GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOCACHE="$cache/go-build"
+export GOPATH="$work/gopath" GO111MODULE=off GOFLAGS='' CGO_ENABLED=0 GOCACHE="$cache/go-build"
 cd "$tree"
 if [[ ! -s pkg/generated/openapi/zz_generated.openapi.go ]]; then
   log "generating OpenAPI definitions (make gen_openapi, about a minute)"

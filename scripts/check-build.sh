@@ -3,11 +3,12 @@
 # plugins load from there (not from this checkout): every module's and filter's documentation
 # through ansible-doc, and a module and a filter run by ansible itself.
 source "$(dirname "$0")/env.sh"
-cd "$LITEBOXD_ROOT"
+cd "$LITEBOXD_ROOT" || exit 1
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 ansible-galaxy collection build --force --output-path "$out" >/dev/null
-artefact=$(ls "$out"/liteboxd-sandbox_network-*.tar.gz)
+artefacts=("$out"/liteboxd-sandbox_network-*.tar.gz)
+artefact=${artefacts[0]}
 echo "built $(basename "$artefact") ($(du -k "$artefact" | cut -f1) KiB)"
 export ANSIBLE_COLLECTIONS_PATH="$out/collections"
 ansible-galaxy collection install --no-deps -p "$out/collections" "$artefact" >/dev/null
@@ -15,7 +16,7 @@ installed="$out/collections/ansible_collections/liteboxd/sandbox_network"
 for leaked in tests .ci scripts; do
   [[ ! -e "$installed/$leaked" ]] || { echo "artefact contains $leaked (build_ignore)" >&2; exit 1; }
 done
-modules=$(cd plugins/modules && ls *.py | sed 's/\.py$//')
+modules=$(find plugins/modules -maxdepth 1 -name '*.py' ! -name '__init__.py' -printf '%f\n' | sed 's/\.py$//' | sort)
 for module in $modules; do
   ansible-doc -t module "liteboxd.sandbox_network.$module" >/dev/null
 done
@@ -43,4 +44,4 @@ PLAY
 cd "$out" && printf '[defaults]\n' > ansible.cfg
 ANSIBLE_CONFIG="$out/ansible.cfg" ansible-playbook -c local -i localhost, \
   -e ansible_python_interpreter="$VIRTUAL_ENV/bin/python" load.yml >/dev/null
-echo "loaded from the artefact: $(echo "$modules" | wc -l) modules ($(echo $modules | tr ' ' ,)), filters: $(echo $listed_filters | tr ' ' ,)"
+echo "loaded from the artefact: $(echo "$modules" | wc -l) modules ($(echo "$modules" | paste -sd,)), filters: $(echo "$listed_filters" | paste -sd,)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the lab and test commands: installs what is missing (Debian packages, a pinned
 # virtualenv outside the checkout) and sets the environment they run in. Safe to source twice.
 set -euo pipefail
@@ -11,7 +12,7 @@ mkdir -p "$LITEBOXD_CACHE"
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 apt_packages=(podman runc netavark aardvark-dns mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
-              golang-go make dpkg-dev etcd-server nginx-light wrk)
+              golang-go make dpkg-dev etcd-server nginx-light wrk shellcheck)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

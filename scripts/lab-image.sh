@@ -26,6 +26,7 @@ mirror=${mirror:-http://deb.debian.org/debian}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log "building $image with mmdebstrap from $mirror (about 100 s)"
+# shellcheck disable=SC2016  # "$1" is the chroot path, expanded by mmdebstrap's hook, not here
 mmdebstrap --variant=minbase --include="$packages" \
   --customize-hook='chroot "$1" systemctl mask systemd-networkd-wait-online.service getty@.service console-getty.service >/dev/null 2>&1 || true' \
   bookworm "$work/rootfs.tar" "$mirror" 2>&1 | while read -r line; do case "$line" in I:*) log "${line#I: }";; esac; done

@@ -3,7 +3,7 @@
 # .../ansible_collections/<namespace>/<name>, so the tracked and new files are copied there.
 # Extra arguments go to ansible-test (e.g. --test validate-modules).
 source "$(dirname "$0")/env.sh"
-cd "$LITEBOXD_ROOT"
+cd "$LITEBOXD_ROOT" || exit 1
 # A tree per run: concurrent runs (two checkouts, or two developers' sessions) must not share it.
 run_dir=$(mktemp -d "$LITEBOXD_CACHE/sanity.XXXXXX")
 trap 'rm -rf "$run_dir"' EXIT
@@ -14,7 +14,7 @@ get_pip_version=$("$VIRTUAL_ENV/bin/python" -c "import inspect, re, ansible_test
 print(re.search(r\"pip='([0-9.]+)'\", inspect.getsource(m)).group(1))")
 get_pip="$HOME/.ansible/test/cache/get_pip_${get_pip_version//./_}.py"
 mkdir -p "$(dirname "$get_pip")" && cp scripts/ansible-test-get-pip.py "$get_pip"
-cd "$tree"
+cd "$tree" || exit 1
 git init -q && git add -A  # ansible-test lists the collection's files through git
 step "ansible-test sanity (python $("$VIRTUAL_ENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'))"
 ansible-test sanity --color no --python "$("$VIRTUAL_ENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
