@@ -18,7 +18,6 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -35,6 +34,7 @@ from ansible_collections.liteboxd.sandbox_network.plugins.modules import (  # no
     sandbox_network_policies as policies_module)
 from tests.lib.apiserver import KubeAPIServer, cilium_crds_dir, kube_assets  # noqa: E402
 from tests.lib.modules import run_module  # noqa: E402
+from tests.lib.timing import timed  # noqa: E402
 
 
 class RequestCounter:
@@ -82,12 +82,6 @@ def report(label, samples, extra=""):
     p50, p95 = percentiles(samples)
     print("%-58s n=%-4d p50=%8.1f ms  p95=%8.1f ms  total=%6.1f s%s" % (
         label, len(samples), p50, p95, sum(samples), extra), flush=True)
-
-
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def main():

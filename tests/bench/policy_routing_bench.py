@@ -12,13 +12,13 @@ import argparse
 import pathlib
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from tests.lib.collection import install_on_path  # noqa: E402
 from tests.lib.modules import run_module  # noqa: E402
 from tests.lib.netns import Netns, veth  # noqa: E402
+from tests.lib.timing import timed  # noqa: E402
 
 GATEWAY = "10.200.0.2"
 
@@ -54,12 +54,6 @@ def fresh_node():
     veth(node, "v0", peer, "v0")
     node.ip("addr add 10.200.0.1/16 dev v0")
     return node, peer
-
-
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def main():
