@@ -49,6 +49,15 @@ def test_documentation_matches_the_argument_spec(name):
     assert yaml.safe_load(module.RETURN)
 
 
-def test_every_kubernetes_module_is_in_the_k8s_action_group():
+def test_the_k8s_action_group_is_exactly_the_modules_with_the_k8s_connection_options():
+    """module_defaults for group/liteboxd.sandbox_network.k8s must reach every module that takes
+    the shared connection options, and nothing else."""
+    with_k8s_auth = set()
+    for path in sorted((REPO / "plugins" / "modules").glob("*.py")):
+        module = importlib.import_module("%s.modules.%s" % (PACKAGE, path.stem))
+        fragments = yaml.safe_load(module.DOCUMENTATION).get("extends_documentation_fragment") or []
+        if "liteboxd.sandbox_network.k8s_auth" in fragments:
+            with_k8s_auth.add(path.stem)
     runtime = yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())
-    assert set(MODULES) <= set(runtime["action_groups"]["k8s"])
+    assert set(MODULES) <= with_k8s_auth
+    assert with_k8s_auth == set(runtime["action_groups"]["k8s"])
