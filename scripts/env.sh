@@ -12,7 +12,8 @@ mkdir -p "$LITEBOXD_CACHE"
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 apt_packages=(podman runc netavark aardvark-dns mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
-              golang-go make dpkg-dev etcd-server nginx-light wrk shellcheck)
+              golang-go make dpkg-dev etcd-server nginx-light wrk shellcheck
+              python3-venv python3-pyroute2 python3-netaddr)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -47,3 +48,20 @@ fi
 export PYTHONPATH="$LITEBOXD_ROOT/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"
+
+# Debian 12's python3 with its python3-pyroute2/python3-netaddr (what the roles install on hosts)
+# and only ansible-core beside them: the netlink modules' tests run once more under it.
+debian_python="$LITEBOXD_CACHE/debian-python-$(grep -i '^ansible-core==' "$LITEBOXD_ROOT/requirements/controller.txt" | sha256sum | cut -c1-12)"
+if [[ ! -e "$debian_python/.complete" ]]; then
+  exec {debian_lock}>"$debian_python.lock"
+  flock "$debian_lock"
+  if [[ ! -e "$debian_python/.complete" ]]; then
+    step "creating $debian_python (Debian's python3 and netlink libraries, pinned ansible-core)"
+    rm -rf "$debian_python"
+    /usr/bin/python3 -m venv --system-site-packages "$debian_python"
+    "$debian_python/bin/pip" install -q "$(grep -i '^ansible-core==' "$LITEBOXD_ROOT/requirements/controller.txt")"
+    touch "$debian_python/.complete"
+  fi
+  flock -u "$debian_lock"
+fi
+export LITEBOXD_DEBIAN_PYTHON="$debian_python/bin/python"

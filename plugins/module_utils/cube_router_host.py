@@ -46,26 +46,26 @@ def _sysctl(name):
 
 
 def _link_kind(link):
-    info = link.get("IFLA_LINKINFO")
-    return info.get("IFLA_INFO_KIND") if info else None
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
 
 
 def decode_tunnel(link, names_with_mtu, addresses, link_names):
     """A tunnel link message in ``tunnel_state_text`` form, or None if it is no vxlan/gre link."""
-    info = link.get("IFLA_LINKINFO")
-    kind = info.get("IFLA_INFO_KIND") if info else None
-    data = info.get("IFLA_INFO_DATA") if info else None
-    name = link.get("IFLA_IFNAME")
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    data = info.get_attr("IFLA_INFO_DATA") if info else None
+    name = link.get_attr("IFLA_IFNAME")
     if kind == "vxlan" and data is not None:
-        tunnel = {"kind": "vxlan", "vni": data.get("IFLA_VXLAN_ID"), "local": data.get("IFLA_VXLAN_LOCAL"),
-                  "remote": data.get("IFLA_VXLAN_GROUP"), "dstport": data.get("IFLA_VXLAN_PORT"),
-                  "dev": link_names.get(data.get("IFLA_VXLAN_LINK"))}
+        tunnel = {"kind": "vxlan", "vni": data.get_attr("IFLA_VXLAN_ID"), "local": data.get_attr("IFLA_VXLAN_LOCAL"),
+                  "remote": data.get_attr("IFLA_VXLAN_GROUP"), "dstport": data.get_attr("IFLA_VXLAN_PORT"),
+                  "dev": link_names.get(data.get_attr("IFLA_VXLAN_LINK"))}
     elif kind == "gre" and data is not None:
-        tunnel = {"kind": "gre", "local": data.get("IFLA_GRE_LOCAL"), "remote": data.get("IFLA_GRE_REMOTE"),
-                  "ttl": data.get("IFLA_GRE_TTL"), "key": data.get("IFLA_GRE_OKEY") or None}
+        tunnel = {"kind": "gre", "local": data.get_attr("IFLA_GRE_LOCAL"), "remote": data.get_attr("IFLA_GRE_REMOTE"),
+                  "ttl": data.get_attr("IFLA_GRE_TTL"), "key": data.get_attr("IFLA_GRE_OKEY") or None}
     else:
         return None
-    tunnel.update(name=name, mtu=link.get("IFLA_MTU") if name in names_with_mtu else None)
+    tunnel.update(name=name, mtu=link.get_attr("IFLA_MTU") if name in names_with_mtu else None)
     own = [a for a in addresses if a["dev"] == name]
     if own:
         tunnel["address"] = own[0]["address"]
@@ -79,9 +79,9 @@ class HostReader(object):
         self.run = run
         with IPRoute() as ipr:
             self.links = list(ipr.get_links())
-            self.names = dict((link["index"], link.get("IFLA_IFNAME")) for link in self.links)
+            self.names = dict((link["index"], link.get_attr("IFLA_IFNAME")) for link in self.links)
             self.addresses = [
-                {"address": "%s/%d" % (a.get("IFA_ADDRESS"), a["prefixlen"]), "dev": self.names.get(a["index"])}
+                {"address": "%s/%d" % (a.get_attr("IFA_ADDRESS"), a["prefixlen"]), "dev": self.names.get(a["index"])}
                 for a in ipr.get_addr(family=socket.AF_INET)]
             self.neighbours = list(ipr.get_neighbours(family=socket.AF_INET))
             self.routes = [self._route(r) for r in ipr.get_routes(family=socket.AF_INET)]
@@ -90,37 +90,37 @@ class HostReader(object):
 
     def link(self, name):
         for link in self.links:
-            if link.get("IFLA_IFNAME") == name:
+            if link.get_attr("IFLA_IFNAME") == name:
                 return link
         return None
 
     def _route(self, msg):
-        table = msg.get("RTA_TABLE") or msg["table"]
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
         if table == 255 or msg["type"] not in RTN_TYPES or msg["flags"] & RTM_F_CLONED:
             return None
-        dst = msg.get("RTA_DST")
+        dst = msg.get_attr("RTA_DST")
         route = {"type": RTN_TYPES[msg["type"]], "table": table,
                  "dst": "%s/%d" % (dst, msg["dst_len"]) if dst else "default",
-                 "metric": msg.get("RTA_PRIORITY") or 0, "onlink": bool(msg["flags"] & RTNH_F_ONLINK)}
-        if msg.get("RTA_GATEWAY"):
-            route["via"] = msg.get("RTA_GATEWAY")
-        if msg.get("RTA_OIF"):
-            route["dev"] = self.names.get(msg.get("RTA_OIF"))
-        if msg.get("RTA_PREFSRC"):
-            route["src"] = msg.get("RTA_PREFSRC")
+                 "metric": msg.get_attr("RTA_PRIORITY") or 0, "onlink": bool(msg["flags"] & RTNH_F_ONLINK)}
+        if msg.get_attr("RTA_GATEWAY"):
+            route["via"] = msg.get_attr("RTA_GATEWAY")
+        if msg.get_attr("RTA_OIF"):
+            route["dev"] = self.names.get(msg.get_attr("RTA_OIF"))
+        if msg.get_attr("RTA_PREFSRC"):
+            route["src"] = msg.get_attr("RTA_PREFSRC")
         return route
 
     def _rule(self, msg):
-        rule = {"priority": msg.get("FRA_PRIORITY") or 0, "table": msg.get("FRA_TABLE") or msg["table"]}
+        rule = {"priority": msg.get_attr("FRA_PRIORITY") or 0, "table": msg.get_attr("FRA_TABLE") or msg["table"]}
         if msg["src_len"]:
-            rule["from"] = "%s/%d" % (msg.get("FRA_SRC"), msg["src_len"])
+            rule["from"] = "%s/%d" % (msg.get_attr("FRA_SRC"), msg["src_len"])
         if msg["dst_len"]:
-            rule["to"] = "%s/%d" % (msg.get("FRA_DST"), msg["dst_len"])
+            rule["to"] = "%s/%d" % (msg.get_attr("FRA_DST"), msg["dst_len"])
         for key, attr in (("iif", "FRA_IIFNAME"), ("oif", "FRA_OIFNAME")):
-            if msg.get(attr):
-                rule[key] = msg.get(attr)
-        if msg.get("FRA_FWMARK"):
-            rule["fwmark"] = msg.get("FRA_FWMARK")
+            if msg.get_attr(attr):
+                rule[key] = msg.get_attr(attr)
+        if msg.get_attr("FRA_FWMARK"):
+            rule["fwmark"] = msg.get_attr("FRA_FWMARK")
         return rule
 
     # ----- what the address rules look at -----
@@ -141,16 +141,16 @@ class HostReader(object):
             device = spec["device"]
             link = self.link(device)
             if link is not None:
-                mac = link.get("IFLA_ADDRESS")
+                mac = link.get_attr("IFLA_ADDRESS")
                 state["device"] = "%s kind %s %s rp_filter %s" % (
                     device, _link_kind(link), "up" if link["flags"] & 1 else "down",
                     _sysctl("net.ipv4.conf.%s.rp_filter" % device.replace(".", "/")))
                 state["addresses"] += ["%s dev %s" % (a["address"], device) for a in self.addresses if a["dev"] == device]
                 for neigh in self.neighbours:
                     if neigh["ifindex"] == link["index"]:
-                        lladdr = neigh.get("NDA_LLADDR")
+                        lladdr = neigh.get_attr("NDA_LLADDR")
                         state["neighbours"].append("%s lladdr %s dev %s nud %s" % (
-                            neigh.get("NDA_DST"), DEVICE_MAC if lladdr == mac else lladdr, device,
+                            neigh.get_attr("NDA_DST"), DEVICE_MAC if lladdr == mac else lladdr, device,
                             "permanent" if neigh["state"] & NUD_PERMANENT else "dynamic"))
                 state["steering"] += self._steering(device)
             keys = set(route_key(r) for r in own_routes(spec) + spec["routes"])

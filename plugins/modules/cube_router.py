@@ -409,7 +409,7 @@ class CubeRouter(object):
                 module.fail_json(msg="device: %s already exists as a %s link that this module did not create"
                                  % (spec["device"], existing_kind), changes=[])
         created = set([spec["device"], spec["peer"]] + [t["name"] for t in spec["tunnels"]])
-        known = set(link.get("IFLA_IFNAME") for link in self.reader.links) | created
+        known = set(link.get_attr("IFLA_IFNAME") for link in self.reader.links) | created
         for option, items in (("routes", spec["routes"]), ("tunnels", spec["tunnels"])):
             for index, item in enumerate(items):
                 if item.get("dev") and item["dev"] not in known:

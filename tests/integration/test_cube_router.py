@@ -91,7 +91,7 @@ def test_apply_is_idempotent_and_check_mode_agrees(lab, files):
     assert lab.host.sysctl("net.ipv4.ip_forward") == "1"
 
     second = cube(lab, args(files), diff=True)
-    assert second["changed"] is False and second["changes"] == []
+    assert second["changed"] is False and second["changes"] == [], second["changes"]
     assert second["diff"]["before"] == second["diff"]["after"]
     assert not warning_texts(second)
     assert cube(lab, args(files), check=True)["changed"] is False

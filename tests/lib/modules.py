@@ -9,6 +9,11 @@ import tempfile
 from tests.lib.collection import REPO, install_on_path
 
 
+# The interpreter modules run under: the test venv's, or another one (e.g. Debian's python3 with
+# the python3-pyroute2/python3-netaddr packages the roles install) to test against its libraries.
+MODULE_PYTHON = os.environ.get("LITEBOXD_MODULE_PYTHON", sys.executable)
+
+
 class ModuleFailed(AssertionError):
     def __init__(self, result):
         super().__init__(result.get("msg", result))
@@ -24,7 +29,7 @@ def run_module(name, args, check=False, diff=False, netns=None, expect_fail=Fals
         json.dump({"ANSIBLE_MODULE_ARGS": params}, fh)
         args_file = fh.name
     try:
-        cmd = [sys.executable, "-m", f"ansible_collections.liteboxd.sandbox_network.plugins.modules.{name}", args_file]
+        cmd = [MODULE_PYTHON, "-m", f"ansible_collections.liteboxd.sandbox_network.plugins.modules.{name}", args_file]
         if netns:
             cmd = ["ip", "netns", "exec", netns] + cmd
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
