@@ -18,10 +18,10 @@ from . import auth
 from .headers import WEBSOCKET_HANDSHAKE, is_websocket_upgrade, upstream_request_headers
 from .limits import SandboxLimits
 from .logs import access_log
-from .proxy import ClientBodyTimeout, HttpProxy, UpstreamError, upstream_session, upstream_url
+from .proxy import ClientBodyTimeout, HttpProxy, UpstreamError
 from .routing import RouteError, resolve
 from .version import __version__
-from .websocket import Relay, client_protocols, connect_upstream
+from .websocket import Relay, client_protocols, connect_upstream, upstream_session, upstream_url
 
 log = logging.getLogger("liteboxd_gateway")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -62,10 +62,12 @@ class Gateway:
         self.proxy = None
 
     async def start(self):
-        self.session = upstream_session(self.config)
-        self.proxy = HttpProxy(self.config, self.session, self.metrics)
+        self.session = upstream_session()
+        self.proxy = HttpProxy(self.config, self.metrics)
 
     async def close(self):
+        if self.proxy is not None:
+            self.proxy.close()
         if self.session is not None:
             await self.session.close()
 
@@ -163,19 +165,19 @@ class Gateway:
         if not self.limits.acquire(route.sandbox_id):
             return self._reject(exchange, 429, "too_many_connections", "too many open connections")
         try:
-            url = upstream_url(sandbox.pod_ip, route.port, target)
             if websocket:
-                return await self._relay(request, exchange, route, url, cookies)
-            return await self._forward(request, exchange, route, url, cookies)
+                return await self._relay(request, exchange, route, upstream_url(sandbox.pod_ip, route.port, target),
+                                         cookies)
+            return await self._forward(request, exchange, route, sandbox.pod_ip, target, cookies)
         finally:
             self.limits.release(route.sandbox_id)
 
-    async def _forward(self, request, exchange, route, url, cookies):
+    async def _forward(self, request, exchange, route, pod_ip, target, cookies):
         headers = upstream_request_headers(request, cookies, self.config, route, frozenset(("expect",)))
         headers["X-Request-Id"] = exchange.request_id
         self.metrics.active_requests.add(1)
         try:
-            return await self.proxy.forward(request, url, headers, exchange.request_id)
+            return await self.proxy.forward(request, pod_ip, route.port, target, headers, exchange.request_id)
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc(exc.kind)
             exchange.error = str(exc)

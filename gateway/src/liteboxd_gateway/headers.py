@@ -68,6 +68,8 @@ def upstream_request_headers(request, cookies, config, route, extra_drop=frozens
     return headers
 
 
-def downstream_response_headers(headers) -> CIMultiDict:
-    """Headers of the sandbox's response for the client: hop-by-hop fields removed."""
-    return without_hop_by_hop(headers)
+def downstream_response_headers(fields) -> CIMultiDict:
+    """The sandbox's response header fields, (name, value) pairs, for the client: hop-by-hop removed."""
+    dropped = HOP_BY_HOP.union(token.strip().lower() for name, value in fields if name.lower() == "connection"
+                               for token in value.split(","))
+    return CIMultiDict((name, value) for name, value in fields if name.lower() not in dropped)

@@ -13,12 +13,28 @@ import logging
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from yarl import URL
 
 from .proxy import UpstreamError
 
 log = logging.getLogger("liteboxd_gateway.websocket")
 DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
 NORMAL, GOING_AWAY, INTERNAL_ERROR = 1000, 1001, 1011
+# aiohttp adds these on its own when absent; a proxy must send exactly what the client sent.
+CLIENT_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def upstream_session() -> aiohttp.ClientSession:
+    """The client of WebSocket handshakes to sandboxes (a relayed connection is never reused)."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True, use_dns_cache=False, ssl=False)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                 skip_auto_headers=CLIENT_AUTO_HEADERS,
+                                 cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
+def upstream_url(pod_ip: str, port: int, target: str) -> URL:
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    return URL(f"http://{host}:{port}{target}", encoded=True)
 
 
 def sendable_close_code(code, vanished: int) -> int:
