@@ -49,13 +49,17 @@ def load_module_docs():
     """DOCUMENTATION, EXAMPLES and RETURN of every module, fragments resolved by ansible's loader."""
     root = install_on_path()
     # Imported here: the collection has to be on ANSIBLE_COLLECTIONS_PATH before ansible reads its config.
+    from ansible.errors import AnsibleError
     from ansible.plugins.loader import fragment_loader, init_plugin_loader, module_loader
     from ansible.utils.plugin_docs import get_plugin_docs
     init_plugin_loader([str(root)])
     docs = {}
     for name in module_names():
-        doc, examples, returns, _metadata = get_plugin_docs("%s.%s" % (COLLECTION, name), "module", module_loader,
-                                                            fragment_loader, False)
+        try:
+            doc, examples, returns, _metadata = get_plugin_docs("%s.%s" % (COLLECTION, name), "module", module_loader,
+                                                                fragment_loader, False)
+        except AnsibleError as error:
+            raise SystemExit("plugins/modules/%s.py: %s" % (name, error)) from error
         docs[name] = (plain(doc), examples or "", plain(returns or {}))
     return docs
 
@@ -255,12 +259,21 @@ def module_page(name, doc, examples, returns):
     return "\n".join(lines) + "\n"
 
 
+def load_yaml(path, text):
+    """A role's YAML file; a syntax error names the file instead of ending in a traceback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SystemExit("%s: %s" % (path.relative_to(REPO), error)) from error
+
+
 def role_page(name):
     role = REPO / "roles" / name
-    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    spec_file = role / "meta" / "argument_specs.yml"
+    specs = load_yaml(spec_file, spec_file.read_text())["argument_specs"]
     defaults_file = role / "defaults" / "main.yml"
     defaults_text = defaults_file.read_text() if defaults_file.is_file() else ""
-    defaults = yaml.safe_load(defaults_text) or {}
+    defaults = load_yaml(defaults_file, defaults_text) or {}
     main = specs.get("main", next(iter(specs.values())))
     lines = ["# %s.%s (role)" % (COLLECTION, name), "", markup(main.get("short_description", ""), "../modules/"), "",
              NOTICE % ("`roles/%s/meta/argument_specs.yml` and `roles/%s/defaults/main.yml`" % (name, name)), "",
