@@ -80,36 +80,61 @@ async def test_sigterm_drains_readiness_then_finishes_in_flight_requests(
             await process.wait()
 
 
-async def test_workers_share_the_port_with_reuseport(tmp_path, kube_apiserver, kube_namespace, sandbox_factory,
-                                                     http):
+async def test_workers_share_the_port_both_serve_and_both_drain_on_sigterm(
+        tmp_path, kube_apiserver, kube_namespace, sandbox_factory, http):
     sandbox = await sandbox_factory()
     port, metrics_port = free_port(), free_port()
     process = await start_gateway(
         tmp_path, "--listen-host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
-        "--metrics-port", str(metrics_port), "--workers", "2", "--drain-delay", "0",
+        "--metrics-port", str(metrics_port), "--workers", "2", "--drain-delay", "1", "--shutdown-timeout", "20",
         "--kubeconfig", kube_apiserver.kubeconfig, "--namespace", kube_namespace)
     url = f"http://127.0.0.1:{port}"
+    token = {"X-Access-Token": sandbox.token}
+
+    async def worker_metrics(worker):
+        async with http.get(f"http://127.0.0.1:{metrics_port + worker}/metrics") as response:
+            return await response.text()
+
     try:
         await wait_ready(http, url, process, tmp_path / "gateway.log")
         for worker in range(2):
             for _unused in range(600):
                 try:
-                    async with http.get(f"http://127.0.0.1:{metrics_port + worker}/metrics") as response:
-                        if "liteboxd_gateway_cache_synced 1" in await response.text():
-                            break
+                    if "liteboxd_gateway_cache_synced 1" in await worker_metrics(worker):
+                        break
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError(f"worker {worker} never synced")
-        for _unused in range(20):
-            async with aiohttp.ClientSession() as fresh:  # new connections, spread by the kernel
-                async with fresh.get(url + sandbox.path("/"), headers={"X-Access-Token": sandbox.token}) as r:
-                    assert r.status == 200
-        pids = {e["pid"] for e in log_lines(tmp_path) if e.get("message", "").endswith("listening")}
-        assert len(pids) == 2
-        process.send_signal(signal.SIGTERM)
+        # New connections, spread by the kernel: with 40 of them, both workers answer some
+        # (all on one worker would happen once in 2^39 runs).
+        for _unused in range(40):
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.get(url + sandbox.path("/"), headers=token) as response:
+                    assert response.status == 200
+        for worker in range(2):
+            assert 'liteboxd_gateway_requests_total{form="path",code="200"}' in await worker_metrics(worker), worker
+        listening = [e for e in log_lines(tmp_path) if e.get("message", "").endswith("listening")]
+        assert len({e["pid"] for e in listening}) == 2
+
+        # Drain: a request in flight on each worker's connection finishes after SIGTERM.
+        sessions = [aiohttp.ClientSession() for _unused in range(6)]
+        try:
+            requests = [asyncio.create_task(session.get(url + sandbox.path("/slow?seconds=2"), headers=token))
+                        for session in sessions]
+            while len(sandbox.upstream.seen) < 40 + len(sessions):
+                await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            for response in await asyncio.gather(*requests):
+                assert (response.status, await response.text()) == (200, "slow done")
+        finally:
+            for session in sessions:
+                await session.close()
         assert await asyncio.wait_for(process.wait(), 60) == 0
+        entries = log_lines(tmp_path)
+        for message in ("draining", "stopped"):
+            assert sorted(e["worker"] for e in entries if e.get("message") == message) == [0, 1], message
     finally:
         if process.returncode is None:
             process.kill()
