@@ -190,7 +190,9 @@ def signing_key(tmp_path_factory):
     key = home / "key.asc"
     key.write_text(subprocess.run(["gpg", "--armor", "--export", fingerprint], check=True, capture_output=True,
                                   text=True, env=env).stdout)
-    return key, fingerprint
+    yield key, fingerprint
+    # gpg started an agent for this home; it would outlive the run.
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=True, capture_output=True)
 
 
 def repo_vars(tmp_path, key, fingerprint):
