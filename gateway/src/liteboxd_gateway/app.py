@@ -5,6 +5,7 @@ range 403, cache not yet synced 503, unknown sandbox 404, missing or wrong token
 both), sandbox not Ready or without IP 503, over a limit 429, then the sandbox: 502 when it cannot
 be reached or breaks the protocol, 504 when connecting times out. The gateway's own endpoints
 (``/status.ok``, ``/readyz``) answer only requests that carry no sandbox routing at all.
+HTTP requests arrive from ``http1.ClientConnection``; WebSocket upgrades from aiohttp's server.
 """
 import asyncio
 import json
@@ -13,9 +14,10 @@ import os
 import re
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from . import auth
-from .headers import WEBSOCKET_HANDSHAKE, is_websocket_upgrade, upstream_request_headers
+from .headers import WEBSOCKET_HANDSHAKE, upstream_request_headers
 from .limits import SandboxLimits
 from .logs import access_log
 from .proxy import ClientBodyTimeout, HttpProxy, UpstreamError
@@ -27,12 +29,14 @@ log = logging.getLogger("liteboxd_gateway")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNAUTHORIZED = "unauthorized"
 JSON = "application/json"
+# The gateway answers Expect: 100-continue itself.
+DROPPED_REQUEST_HEADERS = frozenset(("expect",))
 
 
 class Exchange:
     """What one request did, for the access log and metrics."""
 
-    __slots__ = ("request_id", "form", "sandbox_id", "target", "status", "error", "upstream_kind")
+    __slots__ = ("request_id", "form", "sandbox_id", "target", "status", "error", "bytes")
 
     def __init__(self, request_id):
         self.request_id = request_id
@@ -41,11 +45,33 @@ class Exchange:
         self.target = None
         self.status = 0
         self.error = None
-        self.upstream_kind = None
+        self.bytes = 0
+
+
+class Rejected(Exception):
+    """The gateway answers the request itself: ``status`` with ``{"error": message}``."""
+
+    def __init__(self, status: int, reason: str, message=None):
+        super().__init__(message or reason.replace("_", " "))
+        self.status = status
+        self.reason = reason
+
+
+class Admitted:
+    """A request that may go to its sandbox: where to, and what is left of its token carriers."""
+
+    __slots__ = ("route", "pod_ip", "target", "cookies")
+
+    def __init__(self, route, pod_ip, target, cookies):
+        self.route, self.pod_ip, self.target, self.cookies = route, pod_ip, target, cookies
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
 
 
 def error_response(status: int, message: str, request_id: str) -> web.Response:
-    return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type=JSON,
+    return web.Response(status=status, body=error_body(message), content_type=JSON,
                         headers={"X-Request-Id": request_id, "Cache-Control": "no-store"})
 
 
@@ -81,41 +107,27 @@ class Gateway:
     def ready(self) -> bool:
         return self.cache.synced and not self.draining
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        incoming_id = request.headers.get("X-Request-Id", "")
-        exchange = Exchange(incoming_id if REQUEST_ID_RE.fullmatch(incoming_id) else os.urandom(12).hex())
-        response = None
-        try:
-            response = await self._dispatch(request, exchange)
-            exchange.status = response.status
-            return response
-        except asyncio.CancelledError:
-            exchange.status = exchange.status or 499
-            exchange.error = exchange.error or "client went away"
-            raise
-        finally:
-            elapsed = loop.time() - started
-            self.metrics.requests.inc(exchange.form, str(exchange.status))
-            if exchange.status != 101:
-                self.metrics.duration.observe(elapsed, exchange.form)
-            if self.config.access_log:
-                self._log(request, exchange, elapsed, response)
+    def _exchange(self, headers) -> Exchange:
+        incoming_id = headers.get("X-Request-Id", "")
+        return Exchange(incoming_id if REQUEST_ID_RE.fullmatch(incoming_id) else os.urandom(12).hex())
 
-    def _log(self, request, exchange, elapsed, response):
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+    def _account(self, exchange, method, remote, elapsed):
+        self.metrics.requests.inc(exchange.form, str(exchange.status))
+        if exchange.status != 101:
+            self.metrics.duration.observe(elapsed, exchange.form)
+        if not self.config.access_log:
+            return
         fields = {
             "request_id": exchange.request_id,
-            "remote": peer[0] if peer else None,
-            "method": request.method,
+            "remote": remote,
+            "method": method,
             "form": exchange.form,
             "sandbox": exchange.sandbox_id,
             # The forwarded target (token carriers removed), never the raw one.
             "target": exchange.target,
             "status": exchange.status,
             "duration_ms": round(elapsed * 1000, 3),
-            "bytes": response.body_length if response is not None and response.prepared else 0,
+            "bytes": exchange.bytes,
         }
         if exchange.error:
             fields["error"] = exchange.error
@@ -124,77 +136,159 @@ class Gateway:
     def _reject(self, exchange, status, reason, message=None):
         self.metrics.rejected.inc(reason)
         exchange.error = reason
-        return error_response(status, message or reason.replace("_", " "), exchange.request_id)
+        return Rejected(status, reason, message)
 
-    async def _dispatch(self, request, exchange):
+    def _admit(self, method, raw_path, headers, exchange, websocket: bool):
+        """Route, look up, authenticate and limit. Returns Admitted (holding a connection slot
+        the caller releases), None for the gateway's own paths, or raises Rejected."""
         try:
-            route = resolve(request.raw_path, request.headers, self.config.domain)
+            route = resolve(raw_path, headers, self.config.domain)
         except RouteError as exc:
             exchange.form = "invalid"
-            return self._reject(exchange, 400, "bad_route", str(exc))
+            raise self._reject(exchange, 400, "bad_route", str(exc)) from None
         if route is None:
-            return self._own_endpoint(request, exchange)
+            return None
         exchange.form, exchange.sandbox_id = route.form, route.sandbox_id
         if route.port not in self.config.allowed_ports:
-            return self._reject(exchange, 403, "port_not_allowed")
+            raise self._reject(exchange, 403, "port_not_allowed")
         if not self.cache.synced:
-            return self._reject(exchange, 503, "cache_not_synced", "sandbox registry not loaded yet")
+            raise self._reject(exchange, 503, "cache_not_synced", "sandbox registry not loaded yet")
         sandbox = self.cache.get(route.sandbox_id)
         if sandbox is None:
-            return self._reject(exchange, 404, "sandbox_not_found")
+            raise self._reject(exchange, 404, "sandbox_not_found")
 
-        websocket = is_websocket_upgrade(request.method, request.headers)
         path, question, query = route.target.partition("?")
         query_token, kept_query = auth.strip_query_param(query, self.config.token_query_param)
-        cookies = request.headers.getall("Cookie", ())
+        cookies = headers.getall("Cookie", ())
         cookie_token, kept_cookie = auth.strip_cookie(cookies, self.config.token_cookie)
         if cookie_token is not None:
             cookies = (kept_cookie,) if kept_cookie else ()
         target = path + (question + kept_query if kept_query or (question and query_token is None) else "")
         exchange.target = target
-        header_tokens = request.headers.getall(auth.TOKEN_HEADER, ())
+        header_tokens = headers.getall(auth.TOKEN_HEADER, ())
         token = header_tokens[0] if len(header_tokens) == 1 else None
         if not header_tokens and websocket:
             token = query_token if query_token is not None else cookie_token
         if not auth.token_matches(token, sandbox.token, sandbox.token_sha256):
-            return self._reject(exchange, 401, "unauthorized", UNAUTHORIZED)
+            raise self._reject(exchange, 401, "unauthorized", UNAUTHORIZED)
         if not sandbox.ready or not sandbox.pod_ip:
-            return self._reject(exchange, 503, "sandbox_not_ready")
+            raise self._reject(exchange, 503, "sandbox_not_ready")
         if not self.limits.allow_rate(route.sandbox_id):
-            return self._reject(exchange, 429, "rate_limited", "too many requests")
+            raise self._reject(exchange, 429, "rate_limited", "too many requests")
         if not self.limits.acquire(route.sandbox_id):
-            return self._reject(exchange, 429, "too_many_connections", "too many open connections")
-        try:
-            if websocket:
-                return await self._relay(request, exchange, route, upstream_url(sandbox.pod_ip, route.port, target),
-                                         cookies)
-            return await self._forward(request, exchange, route, sandbox.pod_ip, target, cookies)
-        finally:
-            self.limits.release(route.sandbox_id)
+            raise self._reject(exchange, 429, "too_many_connections", "too many open connections")
+        return Admitted(route, sandbox.pod_ip, target, cookies)
 
-    async def _forward(self, request, exchange, route, pod_ip, target, cookies):
-        headers = upstream_request_headers(request, cookies, self.config, route, frozenset(("expect",)))
-        headers["X-Request-Id"] = exchange.request_id
-        self.metrics.active_requests.add(1)
+    def _own_endpoint(self, method, raw_path, exchange):
+        """The gateway's own paths: (status, text) or Rejected."""
+        path = raw_path.split("?", 1)[0]
+        if path not in ("/status.ok", "/readyz"):
+            raise self._reject(exchange, 404, "not_found")
+        if method not in ("GET", "HEAD"):
+            raise self._reject(exchange, 405, "method_not_allowed")
+        if path == "/status.ok":
+            return 200, f"ok {__version__}\n"
+        if self.ready:
+            return 200, "ready\n"
+        return 503, "draining\n" if self.draining else "cache not synced\n"
+
+    # -- HTTP, from http1.ClientConnection ----------------------------------------------------
+    async def serve(self, client, request):
+        """Answer one HTTP request on a client connection."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        exchange = self._exchange(request.headers)
         try:
-            return await self.proxy.forward(request, pod_ip, route.port, target, headers, exchange.request_id)
-        except UpstreamError as exc:
-            self.metrics.upstream_errors.inc(exc.kind)
-            exchange.error = str(exc)
-            return error_response(exc.status, str(exc), exchange.request_id)
-        except ClientBodyTimeout:
-            exchange.error = "client body timeout"
-            response = error_response(408, "request body timeout", exchange.request_id)
-            response.force_close()
+            await self._serve(client, request, exchange)
+        except asyncio.CancelledError:
+            exchange.status = exchange.status or 499
+            exchange.error = exchange.error or "client went away"
+            raise
+        finally:
+            exchange.bytes = client.body_bytes
+            self._account(exchange, request.method, client.peer_host, loop.time() - started)
+
+    def _answer_error(self, client, request, exchange, status, message, close=False):
+        exchange.status = status
+        client.respond(request, status, CIMultiDict((("Content-Type", JSON), ("X-Request-Id", exchange.request_id),
+                                                     ("Cache-Control", "no-store"))),
+                       error_body(message), close=close)
+
+    async def _serve(self, client, request, exchange):
+        try:
+            admitted = self._admit(request.method, request.raw_path, request.headers, exchange, websocket=False)
+            if admitted is None:
+                status, text = self._own_endpoint(request.method, request.raw_path, exchange)
+                exchange.status = status
+                client.respond(request, status, CIMultiDict((("Content-Type", "text/plain; charset=utf-8"),
+                                                             ("X-Request-Id", exchange.request_id))), text.encode())
+                return
+        except Rejected as rejected:
+            self._answer_error(client, request, exchange, rejected.status, str(rejected))
+            return
+        try:
+            headers = upstream_request_headers(request.headers, admitted.cookies, client.peer_host, self.config,
+                                               admitted.route, DROPPED_REQUEST_HEADERS)
+            headers["X-Request-Id"] = exchange.request_id
+            self.metrics.active_requests.add(1)
+            try:
+                exchange.status = await self.proxy.forward(client, request, admitted.pod_ip, admitted.route.port,
+                                                           admitted.target, headers, exchange.request_id)
+            except UpstreamError as exc:
+                self.metrics.upstream_errors.inc(exc.kind)
+                exchange.error = str(exc)
+                self._answer_error(client, request, exchange, exc.status, str(exc))
+            except ClientBodyTimeout:
+                exchange.error = "client body timeout"
+                self._answer_error(client, request, exchange, 408, "request body timeout", close=True)
+            finally:
+                self.metrics.active_requests.add(-1)
+        finally:
+            self.limits.release(admitted.route.sandbox_id)
+
+    # -- WebSocket upgrades, from aiohttp's server ---------------------------------------------
+    async def handle_websocket(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Relay one WebSocket; any answer other than 101 closes the connection."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        exchange = self._exchange(request.headers)
+        response = None
+        try:
+            response = await self._websocket(request, exchange)
+            exchange.status = response.status
+            if exchange.status != 101:
+                response.force_close()
             return response
+        except asyncio.CancelledError:
+            exchange.status = exchange.status or 499
+            exchange.error = exchange.error or "client went away"
+            raise
         finally:
-            self.metrics.active_requests.add(-1)
+            exchange.bytes = response.body_length if response is not None and response.prepared else 0
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            self._account(exchange, request.method, peer[0] if peer else None, loop.time() - started)
 
-    async def _relay(self, request, exchange, route, url, cookies):
-        if not web.WebSocketResponse().can_prepare(request).ok:
-            return self._reject(exchange, 400, "bad_websocket_handshake")
-        headers = upstream_request_headers(request, cookies, self.config, route, WEBSOCKET_HANDSHAKE)
-        headers["X-Request-Id"] = exchange.request_id
+    async def _websocket(self, request, exchange):
+        try:
+            admitted = self._admit(request.method, request.raw_path, request.headers, exchange, websocket=True)
+            if admitted is None:
+                raise self._reject(exchange, 404, "not_found")
+        except Rejected as rejected:
+            return error_response(rejected.status, str(rejected), exchange.request_id)
+        try:
+            if not web.WebSocketResponse().can_prepare(request).ok:
+                rejected = self._reject(exchange, 400, "bad_websocket_handshake")
+                return error_response(rejected.status, str(rejected), exchange.request_id)
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            headers = upstream_request_headers(request.headers, admitted.cookies, peer[0] if peer else "",
+                                               self.config, admitted.route, WEBSOCKET_HANDSHAKE)
+            headers["X-Request-Id"] = exchange.request_id
+            url = upstream_url(admitted.pod_ip, admitted.route.port, admitted.target)
+            return await self._relay(request, exchange, url, headers)
+        finally:
+            self.limits.release(admitted.route.sandbox_id)
+
+    async def _relay(self, request, exchange, url, headers):
         try:
             upstream = await connect_upstream(self.session, url, headers, client_protocols(request.headers),
                                               self.config, self.metrics)
@@ -222,15 +316,3 @@ class Gateway:
             return client
         finally:
             await upstream.close()
-
-    def _own_endpoint(self, request, exchange):
-        path = request.raw_path.split("?", 1)[0]
-        if path not in ("/status.ok", "/readyz"):
-            return self._reject(exchange, 404, "not_found")
-        if request.method not in ("GET", "HEAD"):
-            return self._reject(exchange, 405, "method_not_allowed")
-        if path == "/status.ok":
-            return web.Response(text=f"ok {__version__}\n")
-        if self.ready:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="draining\n" if self.draining else "cache not synced\n")

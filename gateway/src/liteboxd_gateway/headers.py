@@ -42,30 +42,27 @@ def without_hop_by_hop(headers, drop=frozenset()) -> CIMultiDict:
     return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in dropped)
 
 
-def upstream_request_headers(request, cookies, config, route, extra_drop=frozenset()) -> CIMultiDict:
+def upstream_request_headers(headers, cookies, client_host: str, config, route, extra_drop=frozenset()) -> CIMultiDict:
     """Headers for the sandbox: hop-by-hop, routing and token carriers removed, X-Forwarded-* set."""
-    headers = without_hop_by_hop(request.headers, GATEWAY_REQUEST_HEADERS | {"cookie"} | extra_drop
-                                 | (frozenset() if config.trust_forwarded_headers else FORWARDED_HEADERS))
+    forwarded = without_hop_by_hop(headers, GATEWAY_REQUEST_HEADERS | {"cookie"} | extra_drop
+                                   | (frozenset() if config.trust_forwarded_headers else FORWARDED_HEADERS))
     for cookie in cookies:
-        headers.add("Cookie", cookie)
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    client = peer[0] if peer else ""
-    host = request.headers.get("Host", "")
-    proto = "https" if request.transport and request.transport.get_extra_info("sslcontext") else "http"
+        forwarded.add("Cookie", cookie)
+    host = headers.get("Host", "")
     if config.trust_forwarded_headers:
-        previous = ", ".join(request.headers.getall("X-Forwarded-For", ()))
-        headers.popall("X-Forwarded-For", None)
-        headers["X-Forwarded-For"] = f"{previous}, {client}" if previous else client
-        headers.setdefault("X-Forwarded-Proto", proto)
-        headers.setdefault("X-Forwarded-Host", host)
+        previous = ", ".join(headers.getall("X-Forwarded-For", ()))
+        forwarded.popall("X-Forwarded-For", None)
+        forwarded["X-Forwarded-For"] = f"{previous}, {client_host}" if previous else client_host
+        forwarded.setdefault("X-Forwarded-Proto", "http")
+        forwarded.setdefault("X-Forwarded-Host", host)
     else:
-        headers["X-Forwarded-For"] = client
-        headers["X-Forwarded-Proto"] = proto
+        forwarded["X-Forwarded-For"] = client_host
+        forwarded["X-Forwarded-Proto"] = "http"
         if host:
-            headers["X-Forwarded-Host"] = host
+            forwarded["X-Forwarded-Host"] = host
     if route.prefix:
-        headers["X-Forwarded-Prefix"] = route.prefix
-    return headers
+        forwarded["X-Forwarded-Prefix"] = route.prefix
+    return forwarded
 
 
 def downstream_response_headers(fields) -> CIMultiDict:

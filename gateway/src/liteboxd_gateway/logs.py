@@ -4,7 +4,6 @@ Records go through a queue to a thread that writes them to stderr, so a slow ter
 pipe to journald stalls that thread, never a request. Access log lines are JSON objects with a
 request id; they carry no token (the query string logged is the one forwarded, carriers removed).
 """
-import atexit
 import datetime
 import json
 import logging
@@ -32,7 +31,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "info", stream=None):
-    """Route every log record through a queue to one writer thread; returns the listener."""
+    """Route every log record through a queue to one writer thread; returns it (stop it to flush)."""
     records = queue.SimpleQueue()
     writer = logging.StreamHandler(stream or sys.stderr)
     writer.setFormatter(JsonFormatter())
@@ -45,7 +44,6 @@ def setup(level: str = "info", stream=None):
     # aiohttp logs every broken client connection at error level; that is the client's problem.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     listener.start()
-    atexit.register(listener.stop)
     return listener
 
 

@@ -14,7 +14,6 @@ import collections
 import logging
 
 import httptools
-from aiohttp import web
 
 from .headers import downstream_response_headers
 
@@ -315,12 +314,12 @@ class HttpProxy:
     def close(self):
         self.pool.close()
 
-    async def _send_body(self, connection, content, chunked: bool):
+    async def _send_body(self, connection, body, chunked: bool):
         timeout = self.config.client_body_timeout
         while True:
             try:
                 async with asyncio.timeout(timeout):
-                    chunk = await content.readany()
+                    chunk = await body.read()
             except TimeoutError:
                 raise ClientBodyTimeout() from None
             if not chunk:
@@ -350,19 +349,22 @@ class HttpProxy:
         except UpstreamBroken as exc:
             raise UpstreamError(502, "protocol", f"sandbox request failed: {exc}") from None
 
-    async def forward(self, request: web.BaseRequest, pod_ip: str, port: int, target: str, headers,
-                      request_id: str) -> web.StreamResponse:
+    async def forward(self, client, request, pod_ip: str, port: int, target: str, headers, request_id: str) -> int:
+        """Send the request to the sandbox and its answer to the client; returns the status.
+
+        Raises UpstreamError or ClientBodyTimeout only while the client has had no answer yet.
+        """
         method = request.method
         body = b""
         streaming = False
         chunked = False
-        if request.body_exists:
-            if "100-continue" in request.headers.get("Expect", "").lower():
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if request.has_body:
+            if "100-continue" in request.headers.get("Expect", "").lower() and not request.body.eof:
+                client.write_continue()
             chunked = "Content-Length" not in headers
-            if request.content.is_eof():
+            if request.body.eof:
                 # The whole body is already here: send it with the head, framed by its length.
-                body = request.content.read_nowait(-1)
+                body = request.body.take()
                 if chunked:
                     headers["Content-Length"] = str(len(body))
                     chunked = False
@@ -378,34 +380,30 @@ class HttpProxy:
         try:
             connection.begin(head + body if body else head, method == "HEAD")
             if streaming:
-                sender = asyncio.get_running_loop().create_task(
-                    self._send_body(connection, request.content, chunked))
+                sender = asyncio.get_running_loop().create_task(self._send_body(connection, request.body, chunked))
             upstream = await self._response_head(connection, sender)
             response_headers = downstream_response_headers(upstream.headers)
             response_headers["X-Request-Id"] = request_id
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None,
-                                          headers=response_headers)
-            await response.prepare(request)
             whole = connection.read_buffered()
             if whole is not None:
                 # Small answers arrive complete: headers and body leave in one write.
-                await response.write_eof(whole)
+                client.respond(request, upstream.status, response_headers, whole, upstream.reason)
                 complete = True
-                return response
+                return upstream.status
+            client.respond(request, upstream.status, response_headers, reason=upstream.reason, streaming=True)
             try:
                 while chunk := await self._wait(connection.read()):
-                    await response.write(chunk)
+                    await client.write(chunk)
             except (UpstreamBroken, UpstreamError) as exc:
                 # Headers are out: the only honest signal left is to cut the client connection,
                 # so a truncated body is never mistaken for a complete one.
                 self.metrics.upstream_errors.inc("body")
                 log.info("sandbox response broke off: %s", exc)
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            await response.write_eof()
+                client.abort()
+                return upstream.status
+            client.end()
             complete = True
-            return response
+            return upstream.status
         finally:
             if sender is not None:
                 if not sender.done():

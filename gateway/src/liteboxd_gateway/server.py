@@ -18,6 +18,7 @@ from . import config as config_module
 from . import kube, logs
 from .app import Gateway
 from .cache import PodWatcher, SandboxCache
+from .http1 import ClientConnection, ClientConnections
 from .metrics import GatewayMetrics, metrics_app
 from .version import __version__
 
@@ -39,13 +40,17 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
     await gateway.start()
     watcher.start()
 
-    server = web.Server(gateway.handle, handler_cancellation=True, access_log=None,
-                        keepalive_timeout=config.client_idle_timeout, max_line_size=config.max_header_size,
-                        max_field_size=config.max_header_size, max_headers=config.max_headers)
-    runner = web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout)
-    await runner.setup()
+    loop = asyncio.get_running_loop()
+    # WebSocket upgrades only: http1.ClientConnection hands them over with their connection.
+    websocket_server = web.Server(gateway.handle_websocket, handler_cancellation=True, access_log=None,
+                                  keepalive_timeout=config.client_idle_timeout,
+                                  max_line_size=config.max_header_size, max_field_size=config.max_header_size,
+                                  max_headers=config.max_headers)
+    connections = ClientConnections()
     reuse = config.reuse_port or config.workers > 1
-    await web.TCPSite(runner, config.listen_host, config.port, reuse_port=reuse or None, backlog=1024).start()
+    listener = await loop.create_server(lambda: ClientConnection(gateway, connections, websocket_server),
+                                        config.listen_host, config.port, reuse_port=reuse or None, backlog=1024)
+    addresses = [sock.getsockname() for sock in listener.sockets]
     metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None)
     await metrics_runner.setup()
     await web.TCPSite(metrics_runner, config.metrics_host, config.metrics_port + worker if config.metrics_port
@@ -53,24 +58,25 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
 
     if stop is None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     log.info("liteboxd-gateway %s listening", __version__, extra={"fields": {
         "version": __version__, "worker": worker, "pid": os.getpid(), "addresses": [
-            list(address) for address in runner.addresses], "metrics": [list(a) for a in metrics_runner.addresses],
+            list(address) for address in addresses], "metrics": [list(a) for a in metrics_runner.addresses],
         "namespace": config.namespace, "label_selector": config.label_selector, "domain": config.domain,
         "allowed_ports": str(config.allowed_ports)}})
     if started is not None:
         started.gateway, started.watcher = gateway, watcher
-        started.addresses, started.metrics_addresses = runner.addresses, metrics_runner.addresses
+        started.addresses, started.metrics_addresses = addresses, metrics_runner.addresses
         started.set()
     await stop.wait()
 
     log.info("draining", extra={"fields": {"worker": worker, "drain_delay": config.drain_delay}})
     gateway.begin_drain()
     await asyncio.sleep(config.drain_delay)
-    await runner.cleanup()
+    listener.close()
+    await connections.shutdown(config.shutdown_timeout)
+    await websocket_server.shutdown(config.shutdown_timeout)
     await watcher.close()
     await gateway.close()
     await metrics_runner.cleanup()
@@ -79,13 +85,17 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
 
 def run_worker(config, connection, worker: int = 0):
     # Each process sets up its own log writer thread (threads do not survive fork).
-    logs.setup(config.log_level)
-    if config.event_loop == "uvloop":
-        import uvloop
+    writer = logs.setup(config.log_level)
+    try:
+        if config.event_loop == "uvloop":
+            import uvloop
 
-        uvloop.run(serve(config, connection, worker))
-    else:
-        asyncio.run(serve(config, connection, worker))
+            uvloop.run(serve(config, connection, worker))
+        else:
+            asyncio.run(serve(config, connection, worker))
+    finally:
+        # A forked worker leaves with os._exit, past atexit: write out the last lines first.
+        writer.stop()
 
 
 def _supervise(config, connection) -> int:

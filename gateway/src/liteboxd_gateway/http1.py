@@ -1,0 +1,400 @@
+"""The client side: an HTTP/1.1 server Protocol parsing requests with httptools (llhttp).
+
+One ClientConnection per client connection; requests on it are served one at a time, in order
+(a pipelined request waits its turn). llhttp refuses ambiguous framing before anything is
+forwarded: Content-Length together with Transfer-Encoding, duplicate or malformed Content-Length,
+a Transfer-Encoding that does not end in chunked, obs-fold, whitespace before a colon. Such a
+request gets 400 and the connection closes. Heads are bounded: the request-target and each header
+field by ``--max-header-size``, the number of fields by ``--max-headers``, and the time to send a
+head (or to idle between requests) by ``--client-idle-timeout``. Responses leave in as few writes
+as possible: a complete answer is one write; a streamed one is framed by the sandbox's
+Content-Length, else chunked. WebSocket upgrades are handed, connection and all, to aiohttp's
+server, which runs the relay (``websocket.py``).
+"""
+import asyncio
+import collections
+import http
+import logging
+
+import httptools
+from multidict import CIMultiDict
+
+from .headers import is_websocket_upgrade
+
+log = logging.getLogger("liteboxd_gateway.http1")
+HEADER_ENCODING = ("utf-8", "surrogateescape")  # bytes pass through unchanged, as aiohttp does
+# Request body bytes buffered from a client before reading from it pauses until the sandbox took them.
+BODY_HIGH_WATER = 256 * 1024
+# Requests parsed ahead of the one being served before reading pauses.
+PIPELINE_DEPTH = 2
+REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
+class Refused(Exception):
+    """A request head breaks a limit; answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class BodyStream:
+    """A request body as it arrives from the client."""
+
+    __slots__ = ("connection", "chunks", "size", "eof", "error", "waiter")
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.chunks = collections.deque()
+        self.size = 0
+        self.eof = False
+        self.error = None
+        self.waiter = None
+
+    def feed(self, data: bytes):
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > BODY_HIGH_WATER:
+            self.connection.pause_reading("body")
+        self._wake()
+
+    def finish(self, error=None):
+        self.eof = True
+        self.error = error
+        self._wake()
+
+    def _wake(self):
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def take(self) -> bytes:
+        """Everything received and not yet read."""
+        data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.size = 0
+        self.connection.resume_reading("body")
+        return data
+
+    async def read(self) -> bytes:
+        """The next bytes of the body (waiting for some); b"" at its end."""
+        while not self.chunks:
+            if self.eof:
+                if self.error is not None:
+                    raise self.error
+                return b""
+            self.waiter = self.connection.loop.create_future()
+            await self.waiter
+        return self.take()
+
+
+class Request:
+    """One request head as parsed, with its body stream."""
+
+    __slots__ = ("method", "raw_path", "version", "headers", "keep_alive", "has_body", "body")
+
+    def __init__(self, method, raw_path, version, headers, keep_alive, has_body, body):
+        self.method, self.raw_path, self.version = method, raw_path, version
+        self.headers, self.keep_alive, self.has_body, self.body = headers, keep_alive, has_body, body
+
+
+class ClientConnections:
+    """The open client connections of one listener, for a graceful shutdown."""
+
+    def __init__(self):
+        self.open = set()
+        self.draining = False
+        self._emptied = None
+
+    def discard(self, connection):
+        self.open.discard(connection)
+        if not self.open and self._emptied is not None and not self._emptied.done():
+            self._emptied.set_result(None)
+
+    async def shutdown(self, timeout: float):
+        """Close idle connections now, the others after their current response; abort after ``timeout``."""
+        self.draining = True
+        for connection in list(self.open):
+            connection.close_if_idle()
+        if self.open:
+            self._emptied = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._emptied), timeout)
+            except TimeoutError:
+                for connection in list(self.open):
+                    connection.transport.abort()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse heads, serve each request through the gateway, write answers."""
+
+    def __init__(self, gateway, connections: ClientConnections, websocket_server):
+        self.gateway = gateway
+        self.config = gateway.config
+        self.connections = connections
+        self.websocket_server = websocket_server
+        self.loop = asyncio.get_running_loop()
+        self.transport = None
+        self.peer_host = ""
+        self.parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._fields = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._parsing = None  # the request whose body is being parsed
+        self._upgrade = None  # a request asking to switch protocols
+        self._queue = collections.deque()  # parsed requests waiting for the current one
+        self._serving = None  # the task serving the current request
+        self._idle_timer = None
+        self._paused = set()
+        self._drain_waiter = None
+        self._write_paused = False
+        self._chunked = False
+        self._closing = False
+        self.response_started = False
+        self.body_bytes = 0
+
+    # -- connection ------------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_host = peer[0] if peer else ""
+        self.connections.open.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc):
+        self._closing = True
+        self.connections.discard(self)
+        self._cancel_idle()
+        if self._parsing is not None:
+            self._parsing.body.finish(ConnectionResetError("client went away"))
+        if self._serving is not None:
+            self._serving.cancel()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionResetError("client went away"))
+
+    def pause_writing(self):
+        self._write_paused = True
+
+    def resume_writing(self):
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_reading(self, reason: str):
+        if not self._paused and not self._closing:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str):
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and not self._closing:
+                self.transport.resume_reading()
+
+    def close_if_idle(self):
+        if self._serving is None and not self._in_head:
+            self._close()
+
+    def _close(self):
+        if not self._closing:
+            self._closing = True
+            self.transport.close()
+
+    def _arm_idle(self):
+        self._idle_timer = self.loop.call_later(self.config.client_idle_timeout, self._close)
+
+    def _cancel_idle(self):
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    # -- parsing ---------------------------------------------------------------------------
+    def data_received(self, data):
+        if self._in_head or self._parsing is None:
+            # llhttp keeps a partial field in memory until it ends: bound what a head may be.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.config.max_header_size * (self.config.max_headers + 2):
+                self._refuse(431, "request header fields too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._switch_protocols(data[upgrade.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__ if isinstance(exc.__context__, Refused) else Refused(400, "bad request")
+            self._refuse(refused.status, str(refused))
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed request: {exc}")
+
+    def on_message_begin(self):
+        self._url = b""
+        self._fields = []
+        self._in_head = True
+
+    def on_url(self, url: bytes):
+        self._url += url
+        if len(self._url) > self.config.max_header_size:
+            raise Refused(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes):
+        if len(name) + len(value) + 2 > self.config.max_header_size:
+            raise Refused(431, "request header field too large")
+        self._fields.append((name.decode(*HEADER_ENCODING), value.decode(*HEADER_ENCODING)))
+        if len(self._fields) > self.config.max_headers:
+            raise Refused(431, "too many request header fields")
+
+    def on_headers_complete(self):
+        self._in_head = False
+        self._head_bytes = 0
+        self._cancel_idle()
+        parser = self.parser
+        headers = CIMultiDict(self._fields)
+        has_body = "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
+        request = Request(parser.get_method().decode("ascii"), self._url.decode(*HEADER_ENCODING),
+                          parser.get_http_version(), headers, parser.should_keep_alive(), has_body,
+                          BodyStream(self))
+        if parser.should_upgrade():
+            self._upgrade = request
+            return
+        self._parsing = request
+        if self._serving is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            if len(self._queue) >= PIPELINE_DEPTH:
+                self.pause_reading("pipeline")
+
+    def on_body(self, body: bytes):
+        self._parsing.body.feed(body)
+
+    def on_message_complete(self):
+        if self._parsing is not None:
+            self._parsing.body.finish()
+            self._parsing = None
+
+    def _refuse(self, status: int, message: str):
+        """Answer a request that cannot be parsed or is too large, then close."""
+        if self._parsing is not None:
+            self._parsing.body.finish(ConnectionResetError(message))
+        if self._serving is not None and not self.response_started:
+            # llhttp judges the framing after the head callback started serving it: nothing was answered yet.
+            self._serving.cancel()
+            self._serving = None
+        if self._serving is not None or self._closing:
+            # A response is under way or gone: the connection can only be cut.
+            self.transport.abort()
+            return
+        self._cancel_idle()
+        self.gateway.metrics.rejected.inc("bad_request")
+        body = ('{"error": "%s"}' % message.replace('"', "'")).encode()
+        self._closing = True
+        self.transport.write(self._head(status, [("Content-Type", "application/json"),
+                                                 ("Cache-Control", "no-store"),
+                                                 ("Content-Length", str(len(body)))], "1.1", False) + body)
+        self.transport.close()
+
+    def _switch_protocols(self, rest: bytes):
+        request, self._upgrade = self._upgrade, None
+        if request is None or self._serving is not None or self._queue:
+            self._refuse(400, "unexpected protocol switch")
+            return
+        if not is_websocket_upgrade(request.method, request.headers):
+            # Another protocol (h2c ...): served as a plain request without a body, then closed,
+            # since llhttp stops parsing the connection at an upgrade.
+            request.keep_alive = False
+            request.has_body = False
+            request.body.finish()
+            self._start(request)
+            return
+        # aiohttp's server runs the WebSocket relay: give it the connection and the head again.
+        self.connections.discard(self)
+        self._cancel_idle()
+        self._paused.clear()
+        head = [f"{request.method} {request.raw_path} HTTP/{request.version}\r\n"]
+        head.extend(f"{name}: {value}\r\n" for name, value in request.headers.items())
+        head.append("\r\n")
+        handler = self.websocket_server()
+        self.transport.set_protocol(handler)
+        self.transport.resume_reading()
+        handler.connection_made(self.transport)
+        handler.data_received("".join(head).encode(*HEADER_ENCODING) + rest)
+
+    # -- serving ---------------------------------------------------------------------------
+    def _start(self, request: Request):
+        self.response_started = False
+        self.body_bytes = 0
+        self._chunked = False
+        self._serving = self.loop.create_task(self._serve(request))
+
+    async def _serve(self, request: Request):
+        try:
+            await self.gateway.serve(self, request)
+        except asyncio.CancelledError:
+            return
+        except Exception:  # a bug must not leave the client waiting
+            log.exception("serving a request failed")
+            self.transport.abort()
+            return
+        finally:
+            self._serving = None
+        if self._closing or not request.keep_alive or self.connections.draining or not request.body.eof:
+            # A body left unread would be taken for the next request.
+            self._close()
+            return
+        if self._queue:
+            self._start(self._queue.popleft())
+            self.resume_reading("pipeline")
+        else:
+            self._arm_idle()
+
+    def _head(self, status: int, fields, version: str, keep_alive: bool, reason: str = "") -> bytes:
+        lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in fields)
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        elif version == "1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode(*HEADER_ENCODING)
+
+    def respond(self, request: Request, status: int, headers: CIMultiDict, body: bytes = b"", reason: str = "",
+                streaming: bool = False, close: bool = False):
+        """Send a response head, with the whole body unless ``streaming`` (then ``write`` and ``end``)."""
+        self.response_started = True
+        bodyless = request.method == "HEAD" or status in (204, 304) or status < 200
+        if close:
+            request.keep_alive = False
+        if streaming and not bodyless and "Content-Length" not in headers:
+            if request.version == "1.1":
+                headers["Transfer-Encoding"] = "chunked"
+                self._chunked = True
+            else:
+                request.keep_alive = False  # HTTP/1.0 without a length: the body ends with the connection
+        elif not streaming and not bodyless:
+            headers["Content-Length"] = str(len(body))
+        keep_alive = request.keep_alive and not self.connections.draining
+        head = self._head(status, headers.items(), request.version, keep_alive, reason)
+        if bodyless:
+            body = b""
+        self.body_bytes += len(body)
+        self.transport.write(head + body if body else head)
+
+    async def write(self, chunk: bytes):
+        if self._closing:
+            raise ConnectionResetError("client went away")
+        self.body_bytes += len(chunk)
+        self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
+        if self._write_paused:
+            self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
+
+    def end(self):
+        if self._chunked and not self._closing:
+            self.transport.write(b"0\r\n\r\n")
+
+    def write_continue(self):
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def abort(self):
+        self._closing = True
+        self.transport.abort()
