@@ -235,6 +235,8 @@ def main():
     parser.add_argument("--cache-sizes", default="10000,100000")
     parser.add_argument("--churn-rate", type=float, default=100)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--gateway-arg", action="append", default=[],
+                        help="extra gateway flag, e.g. --gateway-arg=--access-log=false (repeatable)")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     sizes = args.sizes.split(",")
@@ -281,7 +283,7 @@ def main():
         gateway = subprocess.Popen(
             [sys.executable, "-m", "liteboxd_gateway", "--listen-host", "127.0.0.1", "--port", str(gateway_port),
              "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), "--kubeconfig", kube.kubeconfig,
-             "--namespace", namespace, "--drain-delay", "0", "--workers", str(args.workers)],
+             "--namespace", namespace, "--drain-delay", "0", "--workers", str(args.workers), *args.gateway_arg],
             stdout=gateway_log, stderr=gateway_log, env={**os.environ, "PYTHONPATH": str(REPO / "gateway" / "src")})
         processes.append(gateway)
         wait_port(gateway_port)

@@ -8,6 +8,7 @@ be reached or breaks the protocol, 504 when connecting times out. The gateway's 
 HTTP requests arrive from ``http1.ClientConnection``; WebSocket upgrades from aiohttp's server.
 """
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -86,6 +87,8 @@ class Gateway:
         self.relays = set()
         self.session = None
         self.proxy = None
+        self._request_id_prefix = os.urandom(6).hex()
+        self._request_ids = itertools.count()
 
     async def start(self):
         self.session = upstream_session()
@@ -109,7 +112,10 @@ class Gateway:
 
     def _exchange(self, headers) -> Exchange:
         incoming_id = headers.get("X-Request-Id", "")
-        return Exchange(incoming_id if REQUEST_ID_RE.fullmatch(incoming_id) else os.urandom(12).hex())
+        if REQUEST_ID_RE.fullmatch(incoming_id):
+            return Exchange(incoming_id)
+        # Unique, not secret: a random prefix per process and a counter (no system call per request).
+        return Exchange(f"{self._request_id_prefix}{next(self._request_ids):012x}")
 
     def _account(self, exchange, method, remote, elapsed):
         self.metrics.requests.inc(exchange.form, str(exchange.status))

@@ -57,6 +57,8 @@ def check_target(target: str) -> str:
     if not target.startswith("/") or target.startswith("//"):
         raise RouteError("request target must be an absolute path")
     path = target.split("?", 1)[0]
+    if "." not in path and "%" not in path:
+        return target  # no dot segment can hide in it
     for candidate in (path, unquote(path)):
         for segment in re.split(r"[/\\]", candidate):
             if segment in (".", "..") or segment.lower() in ("%2e", "%2e%2e", ".%2e", "%2e."):
