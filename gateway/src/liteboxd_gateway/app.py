@@ -10,23 +10,19 @@ HTTP requests arrive from ``http1.ClientConnection``; WebSocket upgrades from ai
 import asyncio
 import itertools
 import json
-import logging
 import os
 import re
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from . import auth
+from . import auth, logs
 from .headers import WEBSOCKET_HANDSHAKE, upstream_request_headers
 from .limits import SandboxLimits
-from .logs import access_log
 from .proxy import ClientBodyTimeout, HttpProxy, UpstreamError
 from .routing import RouteError, resolve
 from .version import __version__
 from .websocket import Relay, client_protocols, connect_upstream, upstream_session, upstream_url
 
-log = logging.getLogger("liteboxd_gateway")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNAUTHORIZED = "unauthorized"
 JSON = "application/json"
@@ -137,7 +133,7 @@ class Gateway:
         }
         if exchange.error:
             fields["error"] = exchange.error
-        access_log.info("request", extra={"fields": fields})
+        logs.access(fields)
 
     def _reject(self, exchange, status, reason, message=None):
         self.metrics.rejected.inc(reason)
@@ -216,9 +212,8 @@ class Gateway:
 
     def _answer_error(self, client, request, exchange, status, message, close=False):
         exchange.status = status
-        client.respond(request, status, CIMultiDict((("Content-Type", JSON), ("X-Request-Id", exchange.request_id),
-                                                     ("Cache-Control", "no-store"))),
-                       error_body(message), close=close)
+        client.respond(request, status, [("Content-Type", JSON), ("X-Request-Id", exchange.request_id),
+                                         ("Cache-Control", "no-store")], error_body(message), close=close)
 
     async def _serve(self, client, request, exchange):
         try:
@@ -226,8 +221,8 @@ class Gateway:
             if admitted is None:
                 status, text = self._own_endpoint(request.method, request.raw_path, exchange)
                 exchange.status = status
-                client.respond(request, status, CIMultiDict((("Content-Type", "text/plain; charset=utf-8"),
-                                                             ("X-Request-Id", exchange.request_id))), text.encode())
+                client.respond(request, status, [("Content-Type", "text/plain; charset=utf-8"),
+                                                 ("X-Request-Id", exchange.request_id)], text.encode())
                 return
         except Rejected as rejected:
             self._answer_error(client, request, exchange, rejected.status, str(rejected))

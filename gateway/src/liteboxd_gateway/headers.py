@@ -65,8 +65,8 @@ def upstream_request_headers(headers, cookies, client_host: str, config, route, 
     return forwarded
 
 
-def downstream_response_headers(fields) -> CIMultiDict:
+def downstream_response_headers(fields) -> list:
     """The sandbox's response header fields, (name, value) pairs, for the client: hop-by-hop removed."""
-    dropped = HOP_BY_HOP.union(token.strip().lower() for name, value in fields if name.lower() == "connection"
-                               for token in value.split(","))
-    return CIMultiDict((name, value) for name, value in fields if name.lower() not in dropped)
+    named = [value for name, value in fields if name.lower() == "connection"]
+    dropped = HOP_BY_HOP.union(token.strip().lower() for value in named for token in value.split(","))
+    return [(name, value) for name, value in fields if name.lower() not in dropped]

@@ -357,23 +357,24 @@ class ClientConnection(asyncio.Protocol):
         lines.append("\r\n")
         return "".join(lines).encode(*HEADER_ENCODING)
 
-    def respond(self, request: Request, status: int, headers: CIMultiDict, body: bytes = b"", reason: str = "",
+    def respond(self, request: Request, status: int, fields: list, body: bytes = b"", reason: str = "",
                 streaming: bool = False, close: bool = False):
-        """Send a response head, with the whole body unless ``streaming`` (then ``write`` and ``end``)."""
+        """Send a response head (header fields as (name, value) pairs), with the whole body unless
+        ``streaming`` (then ``write`` and ``end``)."""
         self.response_started = True
         bodyless = request.method == "HEAD" or status in (204, 304) or status < 200
         if close:
             request.keep_alive = False
-        if streaming and not bodyless and "Content-Length" not in headers:
-            if request.version == "1.1":
-                headers["Transfer-Encoding"] = "chunked"
+        if not bodyless and not any(name.lower() == "content-length" for name, _unused in fields):
+            if not streaming:
+                fields.append(("Content-Length", str(len(body))))
+            elif request.version == "1.1":
+                fields.append(("Transfer-Encoding", "chunked"))
                 self._chunked = True
             else:
                 request.keep_alive = False  # HTTP/1.0 without a length: the body ends with the connection
-        elif not streaming and not bodyless:
-            headers["Content-Length"] = str(len(body))
         keep_alive = request.keep_alive and not self.connections.draining
-        head = self._head(status, headers.items(), request.version, keep_alive, reason)
+        head = self._head(status, fields, request.version, keep_alive, reason)
         if bodyless:
             body = b""
         self.body_bytes += len(body)

@@ -383,7 +383,7 @@ class HttpProxy:
                 sender = asyncio.get_running_loop().create_task(self._send_body(connection, request.body, chunked))
             upstream = await self._response_head(connection, sender)
             response_headers = downstream_response_headers(upstream.headers)
-            response_headers["X-Request-Id"] = request_id
+            response_headers.append(("X-Request-Id", request_id))
             whole = connection.read_buffered()
             if whole is not None:
                 # Small answers arrive complete: headers and body leave in one write.
