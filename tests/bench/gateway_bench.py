@@ -2,11 +2,12 @@
 
 A script, not a test: it prints tables. Everything runs on 127.0.0.1 on this machine:
 - upstream: nginx (one worker) serving 1 KiB and 64 KiB files, and an aiohttp WebSocket echo server;
-- proxies: liteboxd-gateway (one process, uvloop, access log on) fed by a real kube-apiserver, and
-  nginx (one worker) as the equivalent reverse proxy with upstream keep-alive;
+- proxies: liteboxd-gateway (one process unless --workers, uvloop, access log on) fed by a real
+  kube-apiserver, and nginx (worker_processes 1) as the equivalent reverse proxy with upstream
+  keep-alive, so the default run compares one process with one process;
 - load: wrk (one thread, keep-alive) at several concurrencies; WebSocket round trips from aiohttp.
 
-    /tmp/boot/venv/bin/python tests/bench/gateway_bench.py [--duration 3] [--concurrency 1,10,50,200]
+    bash -c 'source scripts/env.sh && python tests/bench/gateway_bench.py [--duration 3] [--workers 2]'
 """
 import argparse
 import asyncio
@@ -313,8 +314,12 @@ def main():
                     rss = proc.rss_mib("VmHWM") if proc else 0.0
                     results[(size, concurrency, name)] = (rps, p50, p99, cpu, rss, non2xx, socket_errors)
 
-        print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell, gateway workers={args.workers}"
-              f" (proxy CPU = cores used by the proxy process, peak RSS = VmHWM)")
+        started = [json.loads(line) for line in (scratch / "gateway.log").read_text().splitlines()
+                   if line.startswith("{") and "listening" in line]
+        print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell; gateway: {len(started)} worker process(es),"
+              f" event loop {started[0]['event_loop']}, access log {'on' if started[0]['access_log'] else 'off'};"
+              f" nginx proxy and upstream: worker_processes 1 each"
+              f"\n(cpu = cores used by the proxy's processes, user + system; peak RSS = VmHWM)")
         header = (f"{'size':>4} {'conc':>4} {'target':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5}"
                   f" {'peakMiB':>7} {'errors':>6}")
         print(header)

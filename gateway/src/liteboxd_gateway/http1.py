@@ -331,6 +331,9 @@ class ClientConnection(asyncio.Protocol):
             await self.gateway.serve(self, request)
         except asyncio.CancelledError:
             return
+        except ConnectionError:  # the client went away while its answer was written
+            self.abort()
+            return
         except Exception:  # a bug must not leave the client waiting
             log.exception("serving a request failed")
             self.transport.abort()

@@ -61,7 +61,8 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     log.info("liteboxd-gateway %s listening", __version__, extra={"fields": {
-        "version": __version__, "worker": worker, "pid": os.getpid(), "addresses": [
+        "version": __version__, "worker": worker, "pid": os.getpid(),
+        "event_loop": f"{type(loop).__module__}.{type(loop).__qualname__}", "access_log": config.access_log, "addresses": [
             list(address) for address in addresses], "metrics": [list(a) for a in metrics_runner.addresses],
         "namespace": config.namespace, "label_selector": config.label_selector, "domain": config.domain,
         "allowed_ports": str(config.allowed_ports)}})
