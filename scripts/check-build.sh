@@ -45,3 +45,12 @@ cd "$out" && printf '[defaults]\n' > ansible.cfg
 ANSIBLE_CONFIG="$out/ansible.cfg" ansible-playbook -c local -i localhost, \
   -e ansible_python_interpreter="$VIRTUAL_ENV/bin/python" load.yml >/dev/null
 echo "loaded from the artefact: $(echo "$modules" | wc -l) modules ($(echo "$modules" | paste -sd,)), filters: $(echo "$listed_filters" | paste -sd,)"
+playbooks=()
+for playbook in "$LITEBOXD_ROOT"/playbooks/*.yml; do
+  name=$(basename "$playbook" .yml)
+  if [[ $name == lab ]]; then continue; fi  # the lab's own proof, not a platform playbook
+  ANSIBLE_CONFIG="$out/ansible.cfg" ansible-playbook -i "$LITEBOXD_ROOT/inventories/example" \
+    "liteboxd.sandbox_network.$name" --syntax-check >/dev/null
+  playbooks+=("liteboxd.sandbox_network.$name")
+done
+echo "playbooks importable from the artefact with the example inventory: ${playbooks[*]}"
