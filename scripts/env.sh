@@ -25,24 +25,35 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# make_venv DIR DESCRIPTION VENV-ARGS... -- PIP-ARGS...: a virtualenv made once and kept; one
+# creator at a time (concurrent commands wait for the first one's).
+make_venv() {
+  local dir=$1 description=$2 lock
+  shift 2
+  local venv_args=() pip_args=()
+  while [[ $1 != -- ]]; do venv_args+=("$1"); shift; done
+  shift
+  pip_args=("$@")
+  [[ -e "$dir/.complete" ]] && return 0
+  exec {lock}>"$dir.lock"
+  flock "$lock"
+  if [[ ! -e "$dir/.complete" ]]; then
+    step "creating $description: $dir"
+    rm -rf "$dir"
+    "${venv_args[@]}" "$dir"
+    "$dir/bin/pip" install -q --upgrade pip
+    "$dir/bin/pip" install -q "${pip_args[@]}"
+    touch "$dir/.complete"
+  fi
+  flock -u "$lock"
+}
+
 python=${LITEBOXD_PYTHON:-python3}
 req_key=$(cat "$LITEBOXD_ROOT"/requirements/*.txt 2>/dev/null \
           | cat - <("$python" --version) | sha256sum | cut -c1-12)
 venv="$LITEBOXD_CACHE/venv-$req_key"
-if [[ ! -e "$venv/.complete" ]]; then
-  # One creator at a time: concurrent commands wait for the first one's virtualenv.
-  exec {venv_lock}>"$venv.lock"
-  flock "$venv_lock"
-  if [[ ! -e "$venv/.complete" ]]; then
-    step "creating the Python environment $venv (pinned requirements, about a minute)"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -r "$LITEBOXD_ROOT/requirements/dev.txt"
-    touch "$venv/.complete"
-  fi
-  flock -u "$venv_lock"
-fi
+make_venv "$venv" "the Python environment (pinned requirements, about a minute)" \
+  "$python" -m venv -- -r "$LITEBOXD_ROOT/requirements/dev.txt"
 # The gateway package is imported from this checkout (its dependencies are in requirements/dev.txt),
 # so one virtualenv serves any number of checkouts.
 export PYTHONPATH="$LITEBOXD_ROOT/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -51,17 +62,8 @@ export PATH="$venv/bin:$PATH"
 
 # Debian 12's python3 with its python3-pyroute2/python3-netaddr (what the roles install on hosts)
 # and only ansible-core beside them: the netlink modules' tests run once more under it.
-debian_python="$LITEBOXD_CACHE/debian-python-$(grep -i '^ansible-core==' "$LITEBOXD_ROOT/requirements/controller.txt" | sha256sum | cut -c1-12)"
-if [[ ! -e "$debian_python/.complete" ]]; then
-  exec {debian_lock}>"$debian_python.lock"
-  flock "$debian_lock"
-  if [[ ! -e "$debian_python/.complete" ]]; then
-    step "creating $debian_python (Debian's python3 and netlink libraries, pinned ansible-core)"
-    rm -rf "$debian_python"
-    /usr/bin/python3 -m venv --system-site-packages "$debian_python"
-    "$debian_python/bin/pip" install -q "$(grep -i '^ansible-core==' "$LITEBOXD_ROOT/requirements/controller.txt")"
-    touch "$debian_python/.complete"
-  fi
-  flock -u "$debian_lock"
-fi
+ansible_core=$(grep -i '^ansible-core==' "$LITEBOXD_ROOT/requirements/controller.txt")
+debian_python="$LITEBOXD_CACHE/debian-python-$(echo "$ansible_core" | sha256sum | cut -c1-12)"
+make_venv "$debian_python" "Debian's python3 with its netlink libraries and pinned ansible-core" \
+  /usr/bin/python3 -m venv --system-site-packages -- "$ansible_core"
 export LITEBOXD_DEBIAN_PYTHON="$debian_python/bin/python"
