@@ -212,8 +212,8 @@ class Gateway:
 
     def _answer_error(self, client, request, exchange, status, message, close=False):
         exchange.status = status
-        client.respond(request, status, [("Content-Type", JSON), ("X-Request-Id", exchange.request_id),
-                                         ("Cache-Control", "no-store")], error_body(message), close=close)
+        client.respond(request, status, [(b"Content-Type", JSON.encode()), (b"X-Request-Id", exchange.request_id.encode()),
+                                         (b"Cache-Control", b"no-store")], error_body(message), close=close)
 
     async def _serve(self, client, request, exchange):
         try:
@@ -221,8 +221,8 @@ class Gateway:
             if admitted is None:
                 status, text = self._own_endpoint(request.method, request.raw_path, exchange)
                 exchange.status = status
-                client.respond(request, status, [("Content-Type", "text/plain; charset=utf-8"),
-                                                 ("X-Request-Id", exchange.request_id)], text.encode())
+                client.respond(request, status, [(b"Content-Type", b"text/plain; charset=utf-8"),
+                                                 (b"X-Request-Id", exchange.request_id.encode())], text.encode())
                 return
         except Rejected as rejected:
             self._answer_error(client, request, exchange, rejected.status, str(rejected))

@@ -4,6 +4,8 @@ from multidict import CIMultiDict
 from .auth import TOKEN_HEADER
 from .routing import INGRESS_HEADERS
 
+# How header bytes become text and back: bytes that are not UTF-8 pass through unchanged.
+HEADER_ENCODING = ("utf-8", "surrogateescape")
 # RFC 9110 §7.6.1 connection-specific fields, plus Proxy-Connection which old clients still send.
 HOP_BY_HOP = frozenset(
     name.lower()
@@ -15,6 +17,7 @@ HOP_BY_HOP = frozenset(
 GATEWAY_REQUEST_HEADERS = frozenset(
     name.lower() for name in (*INGRESS_HEADERS, TOKEN_HEADER, "Host", "X-Forwarded-Prefix")
 )
+HOP_BY_HOP_FIELDS = frozenset(name.encode() for name in HOP_BY_HOP)
 FORWARDED_HEADERS = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"))
 # aiohttp's WebSocket client writes the handshake headers itself.
 WEBSOCKET_HANDSHAKE = frozenset(("sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol",
@@ -65,8 +68,19 @@ def upstream_request_headers(headers, cookies, client_host: str, config, route, 
     return forwarded
 
 
-def downstream_response_headers(fields) -> list:
-    """The sandbox's response header fields, (name, value) pairs, for the client: hop-by-hop removed."""
-    named = [value for name, value in fields if name.lower() == "connection"]
-    dropped = HOP_BY_HOP.union(token.strip().lower() for value in named for token in value.split(","))
-    return [(name, value) for name, value in fields if name.lower() not in dropped]
+def downstream_response_fields(fields):
+    """The sandbox's response header fields, (name, value) bytes as parsed, for the client.
+
+    Returns (the fields without hop-by-hop ones, whether a Content-Length is among them, whether the
+    body is framed at all: Content-Length or Transfer-Encoding). Bytes throughout: a response head
+    passes through without decoding and encoding each field.
+    """
+    lowered = [(name.lower(), name, value) for name, value in fields]
+    names = {low for low, _name, _value in lowered}
+    dropped = HOP_BY_HOP_FIELDS
+    if b"connection" in names:
+        dropped = dropped.union(token.strip() for low, _name, value in lowered if low == b"connection"
+                                for token in value.lower().split(b","))
+    kept = [(name, value) for low, name, value in lowered if low not in dropped]
+    has_length = b"content-length" in names
+    return kept, has_length, has_length or b"transfer-encoding" in names

@@ -19,15 +19,14 @@ import logging
 import httptools
 from multidict import CIMultiDict
 
-from .headers import is_websocket_upgrade
+from .headers import HEADER_ENCODING, is_websocket_upgrade
 
 log = logging.getLogger("liteboxd_gateway.http1")
-HEADER_ENCODING = ("utf-8", "surrogateescape")  # bytes pass through unchanged, as aiohttp does
 # Request body bytes buffered from a client before reading from it pauses until the sandbox took them.
 BODY_HIGH_WATER = 256 * 1024
 # Requests parsed ahead of the one being served before reading pauses.
 PIPELINE_DEPTH = 2
-REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
 class Refused(Exception):
@@ -288,9 +287,9 @@ class ClientConnection(asyncio.Protocol):
         self.gateway.metrics.rejected.inc("bad_request")
         body = ('{"error": "%s"}' % message.replace('"', "'")).encode()
         self._closing = True
-        self.transport.write(self._head(status, [("Content-Type", "application/json"),
-                                                 ("Cache-Control", "no-store"),
-                                                 ("Content-Length", str(len(body)))], "1.1", False) + body)
+        self.transport.write(self._head(status, [(b"Content-Type", b"application/json"),
+                                                 (b"Cache-Control", b"no-store"),
+                                                 (b"Content-Length", b"%d" % len(body))], "1.1", False) + body)
         self.transport.close()
 
     def _switch_protocols(self, rest: bytes):
@@ -350,29 +349,30 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._arm_idle()
 
-    def _head(self, status: int, fields, version: str, keep_alive: bool, reason: str = "") -> bytes:
-        lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in fields)
+    def _head(self, status: int, fields, version: str, keep_alive: bool, reason: bytes = b"") -> bytes:
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
+        for name, value in fields:
+            parts += (name, b": ", value, b"\r\n")
         if not keep_alive:
-            lines.append("Connection: close\r\n")
+            parts.append(b"Connection: close\r\n")
         elif version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode(*HEADER_ENCODING)
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
-    def respond(self, request: Request, status: int, fields: list, body: bytes = b"", reason: str = "",
-                streaming: bool = False, close: bool = False):
-        """Send a response head (header fields as (name, value) pairs), with the whole body unless
-        ``streaming`` (then ``write`` and ``end``)."""
+    def respond(self, request: Request, status: int, fields: list, body: bytes = b"", reason: bytes = b"",
+                streaming: bool = False, close: bool = False, has_length: bool = False):
+        """Send a response head, header fields as (name, value) bytes, with the whole body unless
+        ``streaming`` (then ``write`` and ``end``). ``has_length``: a Content-Length is among the fields."""
         self.response_started = True
         bodyless = request.method == "HEAD" or status in (204, 304) or status < 200
         if close:
             request.keep_alive = False
-        if not bodyless and not any(name.lower() == "content-length" for name, _unused in fields):
+        if not bodyless and not has_length:
             if not streaming:
-                fields.append(("Content-Length", str(len(body))))
+                fields.append((b"Content-Length", b"%d" % len(body)))
             elif request.version == "1.1":
-                fields.append(("Transfer-Encoding", "chunked"))
+                fields.append((b"Transfer-Encoding", b"chunked"))
                 self._chunked = True
             else:
                 request.keep_alive = False  # HTTP/1.0 without a length: the body ends with the connection

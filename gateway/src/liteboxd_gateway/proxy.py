@@ -15,14 +15,13 @@ import logging
 
 import httptools
 
-from .headers import downstream_response_headers
+from .headers import HEADER_ENCODING, downstream_response_fields
 
 log = logging.getLogger("liteboxd_gateway.proxy")
 # Methods whose requests carry no body unless the client framed one.
 BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "DELETE", "CONNECT"))
 # Response bytes buffered from a sandbox before reading from it pauses until the client caught up.
 READ_HIGH_WATER = 256 * 1024
-HEADER_ENCODING = ("utf-8", "surrogateescape")  # what aiohttp uses: bytes pass through unchanged
 
 
 class UpstreamError(Exception):
@@ -43,10 +42,12 @@ class UpstreamBroken(Exception):
 
 
 class ResponseHead:
-    __slots__ = ("status", "reason", "headers")
+    """Status, reason (bytes) and the header fields for the client ((name, value) bytes)."""
 
-    def __init__(self, status, reason, headers):
-        self.status, self.reason, self.headers = status, reason, headers
+    __slots__ = ("status", "reason", "fields", "has_length")
+
+    def __init__(self, status, reason, fields, has_length):
+        self.status, self.reason, self.fields, self.has_length = status, reason, fields, has_length
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -192,7 +193,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes):
-        self._headers.append((name.decode(*HEADER_ENCODING), value.decode(*HEADER_ENCODING)))
+        self._headers.append((name, value))
 
     def on_headers_complete(self):
         status = self._parser.get_status_code()
@@ -200,9 +201,9 @@ class UpstreamConnection(asyncio.Protocol):
             # Informational answers (100 Continue, 103 Early Hints) precede the real one.
             self._headers, self._reason = [], b""
             return
-        framed = any(name.lower() in ("content-length", "transfer-encoding") for name, _unused in self._headers)
+        fields, has_length, framed = downstream_response_fields(self._headers)
         self._until_close = not framed and status not in (204, 304) and not self._head_only
-        self.head.set_result(ResponseHead(status, self._reason.decode("latin-1"), self._headers))
+        self.head.set_result(ResponseHead(status, self._reason, fields, has_length))
         if self._head_only:
             # llhttp would wait for the Content-Length body a HEAD answer never has.
             self.on_message_complete()
@@ -382,15 +383,16 @@ class HttpProxy:
             if streaming:
                 sender = asyncio.get_running_loop().create_task(self._send_body(connection, request.body, chunked))
             upstream = await self._response_head(connection, sender)
-            response_headers = downstream_response_headers(upstream.headers)
-            response_headers.append(("X-Request-Id", request_id))
+            fields = upstream.fields
+            fields.append((b"X-Request-Id", request_id.encode()))
             whole = connection.read_buffered()
             if whole is not None:
                 # Small answers arrive complete: headers and body leave in one write.
-                client.respond(request, upstream.status, response_headers, whole, upstream.reason)
+                client.respond(request, upstream.status, fields, whole, upstream.reason, has_length=upstream.has_length)
                 complete = True
                 return upstream.status
-            client.respond(request, upstream.status, response_headers, reason=upstream.reason, streaming=True)
+            client.respond(request, upstream.status, fields, reason=upstream.reason, streaming=True,
+                           has_length=upstream.has_length)
             try:
                 while chunk := await self._wait(connection.read()):
                     await client.write(chunk)
