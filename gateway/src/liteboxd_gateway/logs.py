@@ -1,18 +1,19 @@
 """JSON logging that never blocks the event loop.
 
-Records go through a queue to a thread that formats and writes them to stderr, so a slow terminal
-or a full pipe to journald stalls that thread, never a request. Access lines do not wake the
-thread: it writes them with the next other record or within ``WRITE_INTERVAL``, all queued in one
-go, since waking it per request would hand the GIL back and forth at every request. Access log lines are JSON objects with a
-request id; they carry no token (the query string logged is the one forwarded, carriers removed).
+Records go through a queue to a thread that writes them to stderr, so a slow terminal or a full
+pipe to journald stalls that thread, never a request. Access lines (one per request) are formatted
+on the loop and do not wake the thread: it writes them with the next other record or within
+``WRITE_INTERVAL``, all queued in one write. A thread woken, or formatting, per request would take
+the GIL from the loop at every request. Access log lines are JSON objects with a request id; they
+carry no token (the query string logged is the one forwarded, carriers removed).
 """
-import datetime
 import json
 import logging
 import logging.handlers
 import queue
 import sys
 import threading
+import time
 
 ACCESS_LOGGER = "liteboxd_gateway.access"
 # Longest a line waits in the queue; the writer takes everything queued at each wake-up.
@@ -20,34 +21,45 @@ WRITE_INTERVAL = 0.1
 
 
 class JsonFormatter(logging.Formatter):
+    encoder = json.JSONEncoder(separators=(",", ":"), default=str)
+
+    def __init__(self):
+        super().__init__()
+        self._second = (None, "")  # one tuple, replaced whole: the loop and the writer thread share it
+
+    def _time(self, created: float) -> str:
+        # The same second's text is reused: access lines come thousands a second.
+        second = int(created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
+
     def format(self, record):
-        entry = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
-                timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        entry["message"] = record.getMessage()
+        entry = {"time": self._time(record.created), "level": record.levelname.lower(), "logger": record.name,
+                 "message": record.getMessage()}
         # Structured fields travel as ``extra={"fields": {...}}``.
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, separators=(",", ":"), default=str)
+        return self.encoder.encode(entry)
 
 
 class RecordQueue(logging.handlers.QueueHandler):
-    """Puts records on the writer's queue as they are (the writer thread formats them)."""
+    """Puts records on the writer's queue: access lines formatted, others as they are."""
 
     def __init__(self, writer):
         super().__init__(writer.records)
         self.writer = writer
 
     def prepare(self, record):
-        return record
+        # Formatting in the writer thread would hold the GIL while the loop waits to get it back
+        # after every system call: one access line per request made that the main cost.
+        return self.writer.formatter.format(record) if record.name == ACCESS_LOGGER else record
 
     def enqueue(self, record):
         self.queue.put_nowait(record)
-        if record.name != ACCESS_LOGGER:
+        if not isinstance(record, str):  # access lines wait for the next batch
             self.writer.wake.set()
 
 
@@ -86,7 +98,7 @@ class LogWriter:
             except queue.Empty:
                 break
             try:
-                lines.append(self.formatter.format(record))
+                lines.append(record if isinstance(record, str) else self.formatter.format(record))
             except Exception:  # a record that cannot be formatted must not end the writer
                 lines.append(json.dumps({"level": "error", "message": f"unformattable log record {record.msg!r}"}))
         if lines:

@@ -65,7 +65,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = None
         self._head_only = False
-        self._status = 0
         self._reason = b""
         self._headers = []
         self._until_close = False
@@ -85,7 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send a request head (and maybe its whole body); expect one response."""
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
-        self._status, self._reason, self._headers = 0, b"", []
+        self._reason, self._headers = b"", []
         self.head = self.loop.create_future()
         self.complete = self.reusable = False
         self.transport.write(data)
