@@ -83,8 +83,8 @@ async def test_other_upgrades_are_plain_requests_without_the_upgrade(gateway_fac
     assert not sent & {"upgrade", "http2-settings"}
 
 
-async def test_client_leaving_mid_response_does_not_return_the_upstream_connection(gateway_factory, sandbox_factory,
-                                                                                  http):
+async def test_client_leaving_mid_response_does_not_return_the_upstream_connection(
+        gateway_factory, sandbox_factory, http):
     gateway = await gateway_factory(upstream_idle_timeout=30)
     sandbox = await sandbox_factory()
     token = f"X-Access-Token: {sandbox.token}"

@@ -186,7 +186,7 @@ def signing_key(tmp_path_factory):
                     "ed25519", "sign", "never"], check=True, capture_output=True, env=env)
     listing = subprocess.run(["gpg", "--with-colons", "--list-keys"], check=True, capture_output=True, text=True,
                              env=env).stdout
-    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    fingerprint = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")][0]
     key = home / "key.asc"
     key.write_text(subprocess.run(["gpg", "--armor", "--export", fingerprint], check=True, capture_output=True,
                                   text=True, env=env).stdout)
