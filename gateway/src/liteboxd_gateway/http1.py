@@ -20,10 +20,9 @@ import httptools
 from multidict import CIMultiDict
 
 from .headers import HEADER_ENCODING, is_websocket_upgrade
+from .streams import ChunkStream
 
 log = logging.getLogger("liteboxd_gateway.http1")
-# Request body bytes buffered from a client before reading from it pauses until the sandbox took them.
-BODY_HIGH_WATER = 256 * 1024
 # Requests parsed ahead of the one being served before reading pauses.
 PIPELINE_DEPTH = 2
 REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
@@ -35,55 +34,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-class BodyStream:
-    """A request body as it arrives from the client."""
-
-    __slots__ = ("connection", "chunks", "size", "eof", "error", "waiter")
-
-    def __init__(self, connection):
-        self.connection = connection
-        self.chunks = collections.deque()
-        self.size = 0
-        self.eof = False
-        self.error = None
-        self.waiter = None
-
-    def feed(self, data: bytes):
-        self.chunks.append(data)
-        self.size += len(data)
-        if self.size > BODY_HIGH_WATER:
-            self.connection.pause_reading("body")
-        self._wake()
-
-    def finish(self, error=None):
-        self.eof = True
-        self.error = error
-        self._wake()
-
-    def _wake(self):
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def take(self) -> bytes:
-        """Everything received and not yet read."""
-        data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks.clear()
-        self.size = 0
-        self.connection.resume_reading("body")
-        return data
-
-    async def read(self) -> bytes:
-        """The next bytes of the body (waiting for some); b"" at its end."""
-        while not self.chunks:
-            if self.eof:
-                if self.error is not None:
-                    raise self.error
-                return b""
-            self.waiter = self.connection.loop.create_future()
-            await self.waiter
-        return self.take()
 
 
 class Request:
@@ -190,6 +140,12 @@ class ClientConnection(asyncio.Protocol):
             if not self._paused and not self._closing:
                 self.transport.resume_reading()
 
+    def _pause_for_body(self):
+        self.pause_reading("body")
+
+    def _resume_for_body(self):
+        self.resume_reading("body")
+
     def close_if_idle(self):
         if self._serving is None and not self._in_head:
             self._close()
@@ -251,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
         has_body = "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
         request = Request(parser.get_method().decode("ascii"), self._url.decode(*HEADER_ENCODING),
                           parser.get_http_version(), headers, parser.should_keep_alive(), has_body,
-                          BodyStream(self))
+                          ChunkStream(self.loop, self._pause_for_body, self._resume_for_body))
         if parser.should_upgrade():
             self._upgrade = request
             return

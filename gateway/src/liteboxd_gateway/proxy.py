@@ -10,18 +10,16 @@ are pooled per sandbox address with a short idle timeout. Only a failed connect 
 byte of the request may have reached the sandbox, the request is never replayed.
 """
 import asyncio
-import collections
 import logging
 
 import httptools
 
 from .headers import HEADER_ENCODING, downstream_response_fields
+from .streams import ChunkStream
 
 log = logging.getLogger("liteboxd_gateway.proxy")
 # Methods whose requests carry no body unless the client framed one.
 BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "DELETE", "CONNECT"))
-# Response bytes buffered from a sandbox before reading from it pauses until the client caught up.
-READ_HIGH_WATER = 256 * 1024
 
 
 class UpstreamError(Exception):
@@ -53,8 +51,8 @@ class ResponseHead:
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a sandbox, carrying one exchange at a time.
 
-    ``begin`` starts an exchange; ``head`` resolves with the response head, ``read`` returns body
-    bytes (``b""`` at the end of the message) and raises UpstreamBroken when the sandbox broke off.
+    ``begin`` starts an exchange; ``head`` resolves with the response head, ``body.read()`` returns
+    body bytes (``b""`` at the end of the message) and raises UpstreamBroken when the sandbox broke off.
     """
 
     def __init__(self, loop, address):
@@ -69,13 +67,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._until_close = False
         self.head = None
-        self._chunks = collections.deque()
-        self._buffered = 0
-        self._reading_paused = False
+        self.body = ChunkStream(loop, self._pause_reading, self._resume_reading)
         self.complete = False
         self.reusable = False
-        self._error = None
-        self._waiter = None
         self._drain_waiter = None
         self._writing_paused = False
 
@@ -86,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._reason, self._headers = b"", []
         self.head = self.loop.create_future()
+        self.body = ChunkStream(self.loop, self._pause_reading, self._resume_reading)
         self.complete = self.reusable = False
         self.transport.write(data)
 
@@ -100,31 +95,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter = self.loop.create_future()
             await self._drain_waiter
 
-    async def read(self) -> bytes:
-        """Body bytes received so far (waiting for some); b"" once the response is complete."""
-        while not self._chunks:
-            if self.complete:
-                return b""
-            if self._error is not None:
-                raise self._error
-            self._waiter = self.loop.create_future()
-            await self._waiter
-        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        if self._reading_paused and not self.closed:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        return data
-
     def read_buffered(self):
         """The whole body when it has already arrived complete, else None (then stream with ``read``)."""
-        if not self.complete:
-            return None
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return data
+        return self.body.take() if self.complete else None
 
     def close(self):
         self.reusable = False
@@ -140,12 +113,11 @@ class UpstreamConnection(asyncio.Protocol):
                 waiter.set_exception(error)
 
     def _fail(self, error):
-        if not self.complete and self._error is None:
-            self._error = error
+        if not self.body.eof:  # neither complete nor failed already
+            self.body.finish(error)
             if self.head is not None and not self.head.done():
                 self.head.set_exception(error)
                 self.head.exception()  # a client gone before the head leaves nobody to await it
-            self._wake(self._waiter)
         self.close()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -180,6 +152,14 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._fail(UpstreamBroken("sandbox closed the connection"))
 
+    def _pause_reading(self):
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self):
+        if not self.closed:
+            self.transport.resume_reading()
+
     def pause_writing(self):
         self._writing_paused = True
 
@@ -210,12 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes):
         if self.complete:
             return
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > READ_HIGH_WATER and not self._reading_paused and not self.closed:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        self._wake(self._waiter)
+        self.body.feed(body)
 
     def on_message_complete(self):
         if self.head is None or not self.head.done() or self.complete:
@@ -223,7 +198,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = True
         self.reusable = (not self._head_only and not self._until_close and not self.closed
                          and self._parser.should_keep_alive())
-        self._wake(self._waiter)
+        self.body.finish()
 
 
 class UpstreamPool:
@@ -393,7 +368,7 @@ class HttpProxy:
             client.respond(request, upstream.status, fields, reason=upstream.reason, streaming=True,
                            has_length=upstream.has_length)
             try:
-                while chunk := await self._wait(connection.read()):
+                while chunk := await self._wait(connection.body.read()):
                     await client.write(chunk)
             except (UpstreamBroken, UpstreamError) as exc:
                 # Headers are out: the only honest signal left is to cut the client connection,
