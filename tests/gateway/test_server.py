@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 
 import aiohttp
@@ -83,27 +84,35 @@ async def test_sigterm_drains_readiness_then_finishes_in_flight_requests(
 async def test_workers_share_the_port_both_serve_and_both_drain_on_sigterm(
         tmp_path, kube_apiserver, kube_namespace, sandbox_factory, http):
     sandbox = await sandbox_factory()
-    port, metrics_port = free_port(), free_port()
+    port = free_port()
+    # Metrics port 0: each worker takes a free port and logs it (port+N could be taken by a
+    # client socket of another process on a busy machine).
     process = await start_gateway(
         tmp_path, "--listen-host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
-        "--metrics-port", str(metrics_port), "--workers", "2", "--drain-delay", "1", "--shutdown-timeout", "20",
+        "--metrics-port", "0", "--workers", "2", "--drain-delay", "1", "--shutdown-timeout", "20",
         "--kubeconfig", kube_apiserver.kubeconfig, "--namespace", kube_namespace)
     url = f"http://127.0.0.1:{port}"
     token = {"X-Access-Token": sandbox.token}
 
+    def listening():
+        return {e["worker"]: e for e in log_lines(tmp_path) if e.get("message", "").endswith("listening")}
+
     async def worker_metrics(worker):
-        async with http.get(f"http://127.0.0.1:{metrics_port + worker}/metrics") as response:
+        host, metrics_port = listening()[worker]["metrics"][0][:2]
+        async with http.get(f"http://{host}:{metrics_port}/metrics") as response:
             return await response.text()
 
     try:
         await wait_ready(http, url, process, tmp_path / "gateway.log")
+        for _unused in range(600):
+            if len(listening()) == 2 or process.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(listening()) == [0, 1], (tmp_path / "gateway.log").read_text()
         for worker in range(2):
             for _unused in range(600):
-                try:
-                    if "liteboxd_gateway_cache_synced 1" in await worker_metrics(worker):
-                        break
-                except aiohttp.ClientConnectionError:
-                    pass
+                if "liteboxd_gateway_cache_synced 1" in await worker_metrics(worker):
+                    break
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError(f"worker {worker} never synced")
@@ -115,8 +124,7 @@ async def test_workers_share_the_port_both_serve_and_both_drain_on_sigterm(
                     assert response.status == 200
         for worker in range(2):
             assert 'liteboxd_gateway_requests_total{form="path",code="200"}' in await worker_metrics(worker), worker
-        listening = [e for e in log_lines(tmp_path) if e.get("message", "").endswith("listening")]
-        assert len({e["pid"] for e in listening}) == 2
+        assert len({e["pid"] for e in listening().values()}) == 2
 
         # Drain: a request in flight on each worker's connection finishes after SIGTERM.
         sessions = [aiohttp.ClientSession() for _unused in range(6)]
@@ -156,3 +164,41 @@ async def test_version_flag(tmp_path):
     process = await start_gateway(tmp_path, "--version")
     assert await asyncio.wait_for(process.wait(), 60) == 0
     assert (tmp_path / "gateway.log").read_text().strip() == __version__
+
+
+def port_below_a_taken_one():
+    """A listening socket on port P+1 and the free port P."""
+    while True:
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        below = taken.getsockname()[1] - 1
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", below))
+                return taken, below
+            except OSError:
+                taken.close()
+
+
+async def test_a_worker_that_cannot_start_stops_the_gateway_with_its_error_logged(
+        tmp_path, kube_apiserver, kube_namespace):
+    # Worker 1's metrics port (metrics-port + 1) is taken: the gateway must not run on half its
+    # workers without a word; it logs the failure and exits non-zero so the service manager acts.
+    taken, metrics_port = port_below_a_taken_one()
+    try:
+        process = await start_gateway(
+            tmp_path, "--listen-host", "127.0.0.1", "--port", str(free_port()), "--metrics-host", "127.0.0.1",
+            "--metrics-port", str(metrics_port), "--workers", "2", "--drain-delay", "0",
+            "--kubeconfig", kube_apiserver.kubeconfig, "--namespace", kube_namespace)
+        try:
+            assert await asyncio.wait_for(process.wait(), 60) == 1
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    finally:
+        taken.close()
+    failures = [e for e in log_lines(tmp_path) if e.get("message") == "worker 1 failed"]
+    assert failures and "address already in use" in failures[0].get("error", "").lower(), \
+        (tmp_path / "gateway.log").read_text()

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--listen-host", str, "address to listen on")
     add("--port", int, "proxy port")
     add("--metrics-host", str, "address of the Prometheus metrics listener")
-    add("--metrics-port", int, "Prometheus metrics port (worker N listens on port+N)")
+    add("--metrics-port", int, "Prometheus metrics port (worker N listens on port+N; 0: a free port each, logged at start)")
     add("--workers", int, "worker processes sharing the proxy port with SO_REUSEPORT")
     add("--reuse-port", bool, "set SO_REUSEPORT on the proxy socket even with one worker")
     add("--event-loop", str, "event loop implementation", choices=("uvloop", "asyncio"))

@@ -84,7 +84,8 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
     log.info("stopped", extra={"fields": {"worker": worker}})
 
 
-def run_worker(config, connection, worker: int = 0):
+def run_worker(config, connection, worker: int = 0) -> int:
+    """Run one worker to its end; returns its exit code (1 when it failed, the error logged)."""
     # Each process sets up its own log writer thread (threads do not survive fork).
     writer = logs.setup(config.log_level)
     try:
@@ -94,29 +95,32 @@ def run_worker(config, connection, worker: int = 0):
             uvloop.run(serve(config, connection, worker))
         else:
             asyncio.run(serve(config, connection, worker))
+        return 0
+    except Exception:
+        # Logged while the writer still runs: after it stops, nothing would reach the log.
+        log.exception("worker %d failed", worker)
+        return 1
     finally:
         # A forked worker leaves with os._exit, past atexit: write out the last lines first.
         writer.stop()
 
 
 def _supervise(config, connection) -> int:
-    """Fork the workers, pass SIGTERM/SIGINT on, and exit when all have."""
-    children = []
+    """Fork the workers and pass SIGTERM/SIGINT on. When one worker fails, the others are stopped
+    and the gateway exits with its code, so the service manager sees it and restarts the whole."""
+    children = set()
     for worker in range(config.workers):
         pid = os.fork()
         if pid == 0:
-            code = 0
+            code = 1
             try:
-                run_worker(config, connection, worker)
-            except BaseException:  # the child must never return into the parent's code
-                logging.getLogger("liteboxd_gateway").exception("worker %d failed", worker)
-                code = 1
-            finally:
+                code = run_worker(config, connection, worker)
+            finally:  # the child must never return into the parent's code
                 logging.shutdown()
                 os._exit(code)
-        children.append(pid)
+        children.add(pid)
 
-    def forward(signum, _frame):
+    def forward(signum, _frame=None):
         for child in children:
             try:
                 os.kill(child, signum)
@@ -126,9 +130,15 @@ def _supervise(config, connection) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     status = 0
-    for child in children:
-        _unused, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    while children:
+        pid, code = os.wait()
+        children.discard(pid)
+        code = os.waitstatus_to_exitcode(code)
+        if code < 0:  # killed by a signal: report it as a shell would
+            code = 128 - code
+        if code and not status:
+            status = code
+            forward(signal.SIGTERM)
     return status
 
 
@@ -145,8 +155,7 @@ def main(argv=None) -> int:
         return 2
     if config.workers > 1:
         return _supervise(config, connection)
-    run_worker(config, connection)
-    return 0
+    return run_worker(config, connection)
 
 
 if __name__ == "__main__":
