@@ -123,6 +123,17 @@ async def pod_sandbox_factory(pods, pod_network, running_gateways):
         await runner.cleanup()
 
 
+def write_kubeconfig(path, kube_apiserver, user: dict) -> str:
+    """A kubeconfig for the fixture's API server as another ``user`` than its admin."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gateway",
+        "clusters": [{"name": "test", "cluster": {"server": kube_apiserver.url,
+                                                  "certificate-authority": kube_apiserver.ca_file}}],
+        "users": [{"name": "gateway", "user": user}],
+        "contexts": [{"name": "gateway", "context": {"cluster": "test", "user": "gateway"}}]}))
+    return str(path)
+
+
 def ws_url(gateway, sandbox, rest="/ws"):
     return gateway.url.replace("http://", "ws://") + sandbox.path(rest)
 
@@ -276,6 +287,24 @@ async def test_unreachable_api_server_is_502(gateway_factory, pod_sandbox_factor
     assert sandbox.upstream.ws_seen == []
 
 
+async def test_credentials_are_read_for_each_handshake(gateway_factory, pod_sandbox_factory, http, kube_apiserver, tmp_path):
+    """A token file (as the in-cluster service account's, which the kubelet rotates) is read per
+    handshake; when it cannot be read, the client gets a 502 saying so."""
+    token_file = tmp_path / "token"
+    token_file.write_text(kube_apiserver.token)
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube_apiserver, {"tokenFile": str(token_file)})
+    gateway = await gateway_factory(websocket_upstream="apiserver", kubeconfig=kubeconfig)
+    sandbox = await pod_sandbox_factory()
+    token = {"X-Access-Token": sandbox.token}
+    async with http.ws_connect(ws_url(gateway, sandbox), headers=token) as ws:
+        await ws.send_str("t")
+        assert (await ws.receive()).data == "t"
+    token_file.unlink()
+    status, error = await handshake_error(http, ws_url(gateway, sandbox), headers=token)
+    assert status == 502 and error.startswith("cannot read the gateway's API credentials:"), error
+    assert len(sandbox.upstream.ws_seen) == 1
+
+
 async def handshake_status(http, url, headers, expected, timeout=30):
     """Repeat the handshake until it gets ``expected`` (101 or the gateway's status): RBAC changes
     reach the API server's authorizer through an informer, a moment after they are written."""
@@ -320,14 +349,8 @@ async def test_role_grants_pods_proxy_for_apiserver_mode_only(tmp_path, kube_api
     token = client.CoreV1Api(api).create_namespaced_service_account_token(
         "liteboxd-gateway", kube_namespace, {"spec": {"audiences": ["https://kubernetes.default.svc"],
                                                       "expirationSeconds": 3600}}).status.token
-    kubeconfig = tmp_path / "gateway-kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "gateway",
-        "clusters": [{"name": "test", "cluster": {"server": kube_apiserver.url,
-                                                  "certificate-authority": kube_apiserver.ca_file}}],
-        "users": [{"name": "gateway", "user": {"token": token}}],
-        "contexts": [{"name": "gateway", "context": {"cluster": "test", "user": "gateway"}}]}))
-    gateway = await gateway_factory(websocket_upstream="apiserver", kubeconfig=str(kubeconfig))
+    kubeconfig = write_kubeconfig(tmp_path / "gateway-kubeconfig", kube_apiserver, {"token": token})
+    gateway = await gateway_factory(websocket_upstream="apiserver", kubeconfig=kubeconfig)
     sandbox = await pod_sandbox_factory()
     url, headers = ws_url(gateway, sandbox), {"X-Access-Token": sandbox.token}
     assert await handshake_status(http, url, headers, 101) == 101

@@ -285,17 +285,16 @@ class Gateway:
             headers = upstream_request_headers(request.headers, admitted.cookies, peer[0] if peer else "",
                                                self.config, admitted.route, WEBSOCKET_HANDSHAKE)
             headers["X-Request-Id"] = exchange.request_id
-            # The cache is keyed by Pod name: the sandbox id is the Pod's name.
-            url = await self.websocket_upstream.prepare(admitted.route.sandbox_id, admitted.pod_ip,
-                                                        admitted.route.port, admitted.target, headers)
-            return await self._relay(request, exchange, url, headers)
+            return await self._relay(request, exchange, admitted, headers)
         finally:
             self.limits.release(admitted.route.sandbox_id)
 
-    async def _relay(self, request, exchange, url, headers):
+    async def _relay(self, request, exchange, admitted, headers):
         try:
-            upstream = await connect_upstream(self.websocket_upstream, url, headers, client_protocols(request.headers),
-                                              self.config, self.metrics)
+            # The cache is keyed by Pod name: the sandbox id is the Pod's name.
+            upstream = await connect_upstream(self.websocket_upstream, admitted.route.sandbox_id, admitted.pod_ip,
+                                              admitted.route.port, admitted.target, headers,
+                                              client_protocols(request.headers), self.config, self.metrics)
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc(exc.kind)
             exchange.error = str(exc)

@@ -87,7 +87,10 @@ class ApiServerUpstream:
         # Whatever API credentials the client sent must not act under the gateway's identity.
         for name in [name for name in headers if is_api_credential(name)]:
             headers.popall(name, None)
-        headers.update(await self.connection.auth_headers())
+        try:
+            headers.update(await self.connection.auth_headers())
+        except OSError as exc:  # the service-account token file, which the kubelet rotates
+            raise UpstreamError(502, "credentials", f"cannot read the gateway's API credentials: {exc}") from exc
         # The API server passes Host on: give the sandbox the one a direct handshake carries.
         headers["Host"] = pod_authority(pod_ip, port)
         # Go writes its own User-Agent on a request without one, and none for an empty one.
@@ -199,9 +202,10 @@ class Relay:
         return "upstream_closed"
 
 
-async def connect_upstream(upstream, url, headers, protocols, config, metrics):
-    """Open the sandbox's WebSocket by way of ``upstream``; retry only connect failures.
-    Raises UpstreamError."""
+async def connect_upstream(upstream, pod_name, pod_ip, port, target, headers, protocols, config, metrics):
+    """Open the sandbox's WebSocket by way of ``upstream`` (DirectUpstream or ApiServerUpstream);
+    retry only connect failures. Raises UpstreamError."""
+    url = await upstream.prepare(pod_name, pod_ip, port, target, headers)
     attempts = 1 + config.upstream_connect_retries
     for attempt in range(attempts):
         try:
