@@ -81,7 +81,7 @@ class PodNetwork:
 
     def close(self):
         self.netns.close()
-        if subprocess.run(["ip", "link", "show", self.host_device], capture_output=True).returncode == 0:
+        if subprocess.run(["ip", "link", "show", self.host_device], capture_output=True, check=False).returncode == 0:
             subprocess.run(["ip", "link", "del", self.host_device], check=False)
 
 
