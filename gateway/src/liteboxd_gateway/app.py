@@ -21,7 +21,7 @@ from .limits import SandboxLimits
 from .proxy import ClientBodyTimeout, HttpProxy, UpstreamError
 from .routing import RouteError, resolve
 from .version import __version__
-from .websocket import Relay, client_protocols, connect_upstream, upstream_session, upstream_url
+from .websocket import Relay, client_protocols, connect_upstream, websocket_upstream
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNAUTHORIZED = "unauthorized"
@@ -81,20 +81,21 @@ class Gateway:
         cache.on_removed.append(self.limits.forget)
         self.draining = False
         self.relays = set()
-        self.session = None
+        self.websocket_upstream = None
         self.proxy = None
         self._request_id_prefix = os.urandom(6).hex()
         self._request_ids = itertools.count()
 
-    async def start(self):
-        self.session = upstream_session()
+    async def start(self, connection):
+        """``connection``: the API server's (kube.KubeConnection), for WebSockets through its pod proxy."""
+        self.websocket_upstream = websocket_upstream(self.config, connection)
         self.proxy = HttpProxy(self.config, self.metrics)
 
     async def close(self):
         if self.proxy is not None:
             self.proxy.close()
-        if self.session is not None:
-            await self.session.close()
+        if self.websocket_upstream is not None:
+            await self.websocket_upstream.close()
 
     def begin_drain(self):
         """Report not-ready from now on and close WebSockets (they would outlive any drain)."""
@@ -284,15 +285,16 @@ class Gateway:
             headers = upstream_request_headers(request.headers, admitted.cookies, peer[0] if peer else "",
                                                self.config, admitted.route, WEBSOCKET_HANDSHAKE)
             headers["X-Request-Id"] = exchange.request_id
-            url = upstream_url(admitted.pod_ip, admitted.route.port, admitted.target)
-            return await self._relay(request, exchange, url, headers)
+            return await self._relay(request, exchange, admitted, headers)
         finally:
             self.limits.release(admitted.route.sandbox_id)
 
-    async def _relay(self, request, exchange, url, headers):
+    async def _relay(self, request, exchange, admitted, headers):
         try:
-            upstream = await connect_upstream(self.session, url, headers, client_protocols(request.headers),
-                                              self.config, self.metrics)
+            # The cache is keyed by Pod name: the sandbox id is the Pod's name.
+            upstream = await connect_upstream(self.websocket_upstream, admitted.route.sandbox_id, admitted.pod_ip,
+                                              admitted.route.port, admitted.target, headers,
+                                              client_protocols(request.headers), self.config, self.metrics)
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc(exc.kind)
             exchange.error = str(exc)

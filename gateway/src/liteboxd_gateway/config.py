@@ -10,6 +10,7 @@ import re
 
 ENV_PREFIX = "LITEBOXD_GATEWAY_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+WEBSOCKET_UPSTREAMS = ("direct", "apiserver")
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -79,6 +80,7 @@ class Config:
     ws_max_message_size: int = 4 * 1024 * 1024
     ws_idle_timeout: float = 600.0
     ws_max_lifetime: float = 86400.0
+    websocket_upstream: str = "direct"
     token_query_param: str = "access_token"
     token_cookie: str = "liteboxd_access_token"
     trust_forwarded_headers: bool = False
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ws-max-message-size", int, "largest WebSocket message in bytes (closed with 1009 above)")
     add("--ws-idle-timeout", float, "seconds without a WebSocket message either way before closing")
     add("--ws-max-lifetime", float, "longest WebSocket session in seconds")
+    add("--websocket-upstream", str, "WebSocket handshakes to the Pod IP (direct) or through the API server's pod proxy "
+        "(apiserver: when Pod IPs are not routable from the gateway; needs pods/proxy get+create)",
+        choices=WEBSOCKET_UPSTREAMS)
     add("--token-query-param", str, "query parameter that may carry the token on WebSocket upgrades")
     add("--token-cookie", str, "cookie that may carry the token on WebSocket upgrades")
     add("--trust-forwarded-headers", bool, "append to the client's X-Forwarded-* (behind a trusted proxy)")
@@ -185,6 +190,8 @@ def _check(config: Config) -> Config:
         positive(name, getattr(config, name), allow_zero=True)
     if config.domain and not DOMAIN_RE.match(config.domain):
         raise ConfigError(f"--domain: not a lower-case DNS name: {config.domain!r}")
+    if config.websocket_upstream not in WEBSOCKET_UPSTREAMS:
+        raise ConfigError(f"--websocket-upstream: must be direct or apiserver, got {config.websocket_upstream!r}")
     if not config.namespace:
         raise ConfigError("--namespace: must not be empty")
     for name in ("token_query_param", "token_cookie"):

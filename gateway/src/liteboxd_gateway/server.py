@@ -37,7 +37,7 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
                          config.watch_timeout, config.watch_backoff_initial, config.watch_backoff_max)
     gateway = Gateway(config, cache, metrics)
     metrics.cache_sandboxes.read = lambda: len(cache)
-    await gateway.start()
+    await gateway.start(connection)
     watcher.start()
 
     loop = asyncio.get_running_loop()

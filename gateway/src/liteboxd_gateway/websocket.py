@@ -7,9 +7,13 @@ passed on with its code and reason; codes that must never be sent (1005 "no stat
 "abnormal", 1015) are replaced: 1000 for a close without status, 1011 towards the client when the
 sandbox vanished, 1001 towards the sandbox when the client vanished. Idle time (no message either
 way), total lifetime and gateway shutdown close both sides with 1001.
+
+The handshake goes to the Pod IP (``DirectUpstream``) or, for gateways that cannot route to Pod IPs,
+through the API server's pod proxy (``ApiServerUpstream``); everything after it is the same relay.
 """
 import asyncio
 import logging
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -24,17 +28,84 @@ NORMAL, GOING_AWAY, INTERNAL_ERROR = 1000, 1001, 1011
 CLIENT_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
-def upstream_session() -> aiohttp.ClientSession:
-    """The client of WebSocket handshakes to sandboxes (a relayed connection is never reused)."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=True, use_dns_cache=False, ssl=False)
+def _handshake_session(ssl) -> aiohttp.ClientSession:
+    """The client of WebSocket handshakes (a relayed connection is never reused)."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True, use_dns_cache=False, ssl=ssl)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                  skip_auto_headers=CLIENT_AUTO_HEADERS,
                                  cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
 
-def upstream_url(pod_ip: str, port: int, target: str) -> URL:
-    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
-    return URL(f"http://{host}:{port}{target}", encoded=True)
+def pod_authority(pod_ip: str, port: int) -> str:
+    return f"[{pod_ip}]:{port}" if ":" in pod_ip else f"{pod_ip}:{port}"
+
+
+def is_api_credential(name: str) -> bool:
+    """A request header kube-apiserver authenticates or impersonates with."""
+    lowered = name.lower()
+    return lowered == "authorization" or lowered.startswith("impersonate-")
+
+
+class DirectUpstream:
+    """Handshakes straight to the Pod IP."""
+
+    refuser, peer = "sandbox", "the sandbox"
+
+    def __init__(self):
+        self.session = _handshake_session(False)
+
+    async def close(self):
+        await self.session.close()
+
+    async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, headers) -> URL:
+        return URL(f"http://{pod_authority(pod_ip, port)}{target}", encoded=True)
+
+    def describe(self) -> str:
+        return "direct to the Pod IP"
+
+
+class ApiServerUpstream:
+    """Handshakes through the API server's pod proxy, as the gateway's own Kubernetes identity.
+
+    kube-apiserver authenticates the gateway, deletes the Authorization header, dials the Pod IP and
+    writes the request on (its UpgradeAwareHandler: headers as they came, the gateway's address
+    appended to X-Forwarded-For); once the sandbox answered 101 it copies bytes both ways. Needs
+    ``get`` and ``create`` on ``pods/proxy`` in the sandbox namespace.
+    """
+
+    refuser, peer = "API server pod proxy", "the API server"
+
+    def __init__(self, config, connection):
+        self.connection = connection
+        self.pods_url = f"{connection.server}/api/v1/namespaces/{quote(config.namespace, safe='')}/pods"
+        self.session = _handshake_session(connection.ssl_context)
+
+    async def close(self):
+        await self.session.close()
+
+    async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, headers) -> URL:
+        # Whatever API credentials the client sent must not act under the gateway's identity.
+        for name in [name for name in headers if is_api_credential(name)]:
+            headers.popall(name, None)
+        try:
+            headers.update(await self.connection.auth_headers())
+        except OSError as exc:  # the service-account token file, which the kubelet rotates
+            raise UpstreamError(502, "credentials", f"cannot read the gateway's API credentials: {exc}") from exc
+        # The API server passes Host on: give the sandbox the one a direct handshake carries.
+        headers["Host"] = pod_authority(pod_ip, port)
+        # Go writes its own User-Agent on a request without one, and none for an empty one.
+        headers.setdefault("User-Agent", "")
+        return URL(f"{self.pods_url}/{pod_name}:{port}/proxy{target}", encoded=True)
+
+    def describe(self) -> str:
+        return f"through the API server's pod proxy at {self.connection.server}"
+
+
+def websocket_upstream(config, connection):
+    """The handshake route chosen by ``--websocket-upstream``."""
+    upstream = ApiServerUpstream(config, connection) if config.websocket_upstream == "apiserver" else DirectUpstream()
+    log.info("WebSocket handshakes go %s", upstream.describe())
+    return upstream
 
 
 def sendable_close_code(code, vanished: int) -> int:
@@ -131,26 +202,28 @@ class Relay:
         return "upstream_closed"
 
 
-async def connect_upstream(session: aiohttp.ClientSession, url, headers, protocols, config, metrics):
-    """Open the sandbox's WebSocket; retry only connect failures. Raises UpstreamError."""
+async def connect_upstream(upstream, pod_name, pod_ip, port, target, headers, protocols, config, metrics):
+    """Open the sandbox's WebSocket by way of ``upstream`` (DirectUpstream or ApiServerUpstream);
+    retry only connect failures. Raises UpstreamError."""
+    url = await upstream.prepare(pod_name, pod_ip, port, target, headers)
     attempts = 1 + config.upstream_connect_retries
     for attempt in range(attempts):
         try:
-            return await session.ws_connect(
+            return await upstream.session.ws_connect(
                 url, protocols=protocols, headers=headers, autoclose=False, autoping=True,
                 max_msg_size=config.ws_max_message_size, compress=0, decode_text=False,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0))
         except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamError(502, "ws_handshake", f"sandbox refused the WebSocket (HTTP {exc.status})") from exc
+            raise UpstreamError(502, "ws_handshake", f"{upstream.refuser} refused the WebSocket (HTTP {exc.status})") from exc
         except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError(504, "connect_timeout", "connect to the sandbox timed out") from exc
+            raise UpstreamError(504, "connect_timeout", f"connect to {upstream.peer} timed out") from exc
         except aiohttp.ClientConnectorError as exc:
             if attempt + 1 == attempts:
-                raise UpstreamError(502, "connect", f"cannot connect to the sandbox: {exc.os_error}") from exc
+                raise UpstreamError(502, "connect", f"cannot connect to {upstream.peer}: {exc.os_error}") from exc
             metrics.connect_retries.inc()
             await asyncio.sleep(0.05 * (attempt + 1))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise UpstreamError(502, "ws_handshake", f"sandbox WebSocket failed: {type(exc).__name__}") from exc
+            raise UpstreamError(502, "ws_handshake", f"{upstream.refuser} WebSocket failed: {type(exc).__name__}") from exc
 
 
 def client_protocols(headers):
