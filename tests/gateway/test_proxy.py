@@ -6,6 +6,7 @@ import os
 import socket
 
 import aiohttp
+import pytest
 
 from tests.gateway.conftest import next_loopback
 from tests.lib.apiserver import free_port
@@ -281,7 +282,8 @@ async def test_upstream_that_breaks_protocol_is_502_and_request_is_not_retried(g
         await server.wait_closed()
 
 
-async def test_connect_timeout_is_504(gateway_factory, pods, http):
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+async def test_connect_timeout_is_504(gateway_factory, pods, http, kind):
     gateway = await gateway_factory(upstream_connect_timeout=0.5, upstream_connect_retries=0)
     host = next_loopback()
     # A listener that never accepts, with its backlog filled: new SYNs are dropped, connect hangs.
@@ -299,8 +301,16 @@ async def test_connect_timeout_is_504(gateway_factory, pods, http):
         await asyncio.sleep(0.2)
         await pods.create("blackhole", token="tok", ip=host)
         await gateway.wait_sandbox("blackhole")
-        async with http.get(f"{gateway.url}/sandbox/blackhole/port/{port}/", headers={"X-Access-Token": "tok"}) as r:
-            assert r.status == 504
+        url = f"{gateway.url}/sandbox/blackhole/port/{port}/"
+        if kind == "http":
+            async with http.get(url, headers={"X-Access-Token": "tok"}) as r:
+                assert r.status == 504
+        else:
+            # The configured 0.5 s bounds the handshake's connect, not aiohttp's default of 30 s.
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                async with asyncio.timeout(20):
+                    await http.ws_connect(url, headers={"X-Access-Token": "tok"})
+            assert refused.value.status == 504
     finally:
         for sock in fillers + [listener]:
             sock.close()

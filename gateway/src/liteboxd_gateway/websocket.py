@@ -28,10 +28,13 @@ NORMAL, GOING_AWAY, INTERNAL_ERROR = 1000, 1001, 1011
 CLIENT_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
-def _handshake_session(ssl) -> aiohttp.ClientSession:
-    """The client of WebSocket handshakes (a relayed connection is never reused)."""
+def _handshake_session(ssl, config) -> aiohttp.ClientSession:
+    """The client of WebSocket handshakes (a relayed connection is never reused). Connecting is bounded
+    by --upstream-connect-timeout as for HTTP; nothing else is (aiohttp's default would end a handshake
+    after 5 minutes and a connect after 30 s)."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True, use_dns_cache=False, ssl=ssl)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.upstream_connect_timeout),
                                  skip_auto_headers=CLIENT_AUTO_HEADERS,
                                  cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
@@ -51,8 +54,8 @@ class DirectUpstream:
 
     refuser, peer = "sandbox", "the sandbox"
 
-    def __init__(self):
-        self.session = _handshake_session(False)
+    def __init__(self, config):
+        self.session = _handshake_session(False, config)
 
     async def close(self):
         await self.session.close()
@@ -78,7 +81,7 @@ class ApiServerUpstream:
     def __init__(self, config, connection):
         self.connection = connection
         self.pods_url = f"{connection.server}/api/v1/namespaces/{quote(config.namespace, safe='')}/pods"
-        self.session = _handshake_session(connection.ssl_context)
+        self.session = _handshake_session(connection.ssl_context, config)
 
     async def close(self):
         await self.session.close()
@@ -103,7 +106,7 @@ class ApiServerUpstream:
 
 def websocket_upstream(config, connection):
     """The handshake route chosen by ``--websocket-upstream``."""
-    upstream = ApiServerUpstream(config, connection) if config.websocket_upstream == "apiserver" else DirectUpstream()
+    upstream = ApiServerUpstream(config, connection) if config.websocket_upstream == "apiserver" else DirectUpstream(config)
     log.info("WebSocket handshakes go %s", upstream.describe())
     return upstream
 
