@@ -7,6 +7,19 @@ export LITEBOXD_ROOT
 export LITEBOXD_CACHE="${LITEBOXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/liteboxd}"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$LITEBOXD_ROOT/lab/containers.conf}"
 export ANSIBLE_CONFIG="$LITEBOXD_ROOT/ansible.cfg"
+# Cilium's CRDs for the API servers (tests and lab): a path relative to the checkout, as .ci/run
+# gives it, must still hold in playbooks and scenarios that run from other directories.
+if [[ -n "${LITEBOXD_CILIUM_CRDS:-}" ]]; then
+  if [[ -d "$LITEBOXD_ROOT/$LITEBOXD_CILIUM_CRDS" ]]; then
+    LITEBOXD_CILIUM_CRDS=$(realpath "$LITEBOXD_ROOT/$LITEBOXD_CILIUM_CRDS")
+  elif [[ -d "$LITEBOXD_CILIUM_CRDS" ]]; then
+    LITEBOXD_CILIUM_CRDS=$(realpath "$LITEBOXD_CILIUM_CRDS")
+  else
+    echo "LITEBOXD_CILIUM_CRDS=$LITEBOXD_CILIUM_CRDS is not a directory (absolute, or relative to $LITEBOXD_ROOT)" >&2
+    exit 2
+  fi
+  export LITEBOXD_CILIUM_CRDS
+fi
 mkdir -p "$LITEBOXD_CACHE"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
