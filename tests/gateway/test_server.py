@@ -202,3 +202,40 @@ async def test_a_worker_that_cannot_start_stops_the_gateway_with_its_error_logge
     failures = [e for e in log_lines(tmp_path) if e.get("message") == "worker 1 failed"]
     assert failures and "address already in use" in failures[0].get("error", "").lower(), \
         (tmp_path / "gateway.log").read_text()
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path, kube_apiserver, kube_namespace, http):
+    # SIGKILL leaves the supervisor no chance to stop its workers: the kernel must (parent-death signal).
+    port = free_port()
+    process = await start_gateway(
+        tmp_path, "--listen-host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
+        "--metrics-port", "0", "--workers", "2", "--drain-delay", "0",
+        "--kubeconfig", kube_apiserver.kubeconfig, "--namespace", kube_namespace)
+    workers = []
+    try:
+        await wait_ready(http, f"http://127.0.0.1:{port}", process, tmp_path / "gateway.log")
+        for _unused in range(600):
+            workers = [e["pid"] for e in log_lines(tmp_path) if e.get("message", "").endswith("listening")]
+            if len(workers) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(workers) == 2, (tmp_path / "gateway.log").read_text()
+    finally:
+        process.kill()
+        await process.wait()
+    for _unused in range(600):
+        if not any(running(pid) for pid in workers):
+            break
+        await asyncio.sleep(0.05)
+    left = [pid for pid in workers if running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers outlived their supervisor: {left}"

@@ -7,6 +7,7 @@ load balancers stop sending, closes WebSockets with 1001, stops listening and gi
 requests ``--shutdown-timeout`` to finish.
 """
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from .metrics import GatewayMetrics, metrics_app
 from .version import __version__
 
 log = logging.getLogger("liteboxd_gateway")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 async def serve(config, connection, worker: int = 0, started=None, stop=None):
@@ -105,15 +107,25 @@ def run_worker(config, connection, worker: int = 0) -> int:
         writer.stop()
 
 
+def _die_with(parent: int):
+    """Have the kernel send this worker SIGTERM (a graceful drain) when the supervisor dies, even by
+    SIGKILL, which gives it no chance to stop its workers."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the supervisor was already gone
+        os._exit(1)
+
+
 def _supervise(config, connection) -> int:
     """Fork the workers and pass SIGTERM/SIGINT on. When one worker fails, the others are stopped
     and the gateway exits with its code, so the service manager sees it and restarts the whole."""
     children = set()
+    supervisor = os.getpid()
     for worker in range(config.workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                _die_with(supervisor)
                 code = run_worker(config, connection, worker)
             finally:  # the child must never return into the parent's code
                 logging.shutdown()
