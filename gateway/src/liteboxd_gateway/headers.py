@@ -109,8 +109,9 @@ def downstream_response_fields(fields):
                 has_length = True
             kept.append(field)
         elif low == b"connection":
-            connection = (connection or set()).union(
-                token.strip() for token in field[1].lower().split(b","))
+            value = field[1].lower()
+            if value != b"keep-alive":  # the usual value names a hop-by-hop field only
+                connection = (connection or set()).union(token.strip() for token in value.split(b","))
         elif low == b"transfer-encoding":
             chunked = True
     if connection:

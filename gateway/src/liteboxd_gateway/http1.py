@@ -356,15 +356,16 @@ class ClientConnection(asyncio.Protocol):
             self._arm_idle()
 
     def _head(self, status: int, fields, version: str, keep_alive: bool, reason: bytes = b"") -> bytes:
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
-        for name, value in fields:
-            parts += (name, b": ", value, b"\r\n")
         if not keep_alive:
-            parts.append(b"Connection: close\r\n")
+            connection = b"Connection: close\r\n\r\n"
         elif version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            connection = b"Connection: keep-alive\r\n\r\n"
+        else:
+            connection = b"\r\n"
+        # Each field joined in C: b": ".join((name, value)).
+        return b"HTTP/1.1 %d %s\r\n%s%s%s" % (status, reason or REASONS.get(status, b"Unknown"),
+                                              b"\r\n".join(map(b": ".join, fields)), b"\r\n" if fields else b"",
+                                              connection)
 
     def respond(self, request: Request, status: int, fields: list, body: bytes = b"", reason: bytes = b"",
                 streaming: bool = False, close: bool = False, has_length: bool = False):

@@ -258,10 +258,8 @@ class UpstreamPool:
 def request_head(method: str, target: str, host: str, fields, request_id: str, framing: str) -> bytes:
     """The request head for the sandbox: ``fields`` as (name, value) text, then X-Request-Id and
     ``framing`` (a Content-Length or Transfer-Encoding line, or nothing)."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in fields]
-    lines.append(f"X-Request-Id: {request_id}\r\n{framing}\r\n")
-    return "".join(lines).encode(*HEADER_ENCODING)
+    return (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join([f"{name}: {value}\r\n" for name, value in fields])
+            + f"X-Request-Id: {request_id}\r\n{framing}\r\n").encode(*HEADER_ENCODING)
 
 
 def host_header(pod_ip: str, port: int) -> str:
