@@ -127,23 +127,11 @@ class Gateway:
         self.metrics.requests.inc(exchange.form, str(exchange.status))
         if exchange.status != 101:
             self.metrics.duration.observe(elapsed, exchange.form)
-        if not self.config.access_log:
-            return
-        fields = {
-            "request_id": exchange.request_id,
-            "remote": remote,
-            "method": method,
-            "form": exchange.form,
-            "sandbox": exchange.sandbox_id,
+        if self.config.access_log:
             # The forwarded target (token carriers removed), never the raw one.
-            "target": exchange.target,
-            "status": exchange.status,
-            "duration_ms": round(elapsed * 1000, 3),
-            "bytes": exchange.bytes,
-        }
-        if exchange.error:
-            fields["error"] = exchange.error
-        logs.access(fields)
+            logs.access(logs.AccessLine(exchange.request_id, remote, method, exchange.form, exchange.sandbox_id,
+                                        exchange.target, exchange.status, round(elapsed * 1000, 3), exchange.bytes,
+                                        exchange.error or None))
 
     def _reject(self, exchange, status, reason, message=None):
         self.metrics.rejected.inc(reason)
@@ -169,13 +157,18 @@ class Gateway:
         if sandbox is None:
             raise self._reject(exchange, 404, "sandbox_not_found")
 
-        path, question, query = route.target.partition("?")
-        query_token, kept_query = auth.strip_query_param(query, self.config.token_query_param)
+        # Token carriers are looked for only where there is a query or a cookie at all.
+        target = route.target
+        query_token = cookie_token = None
+        if "?" in target:
+            path, _unused, query = target.partition("?")
+            query_token, kept_query = auth.strip_query_param(query, self.config.token_query_param)
+            target = path + ("?" + kept_query if kept_query or query_token is None else "")
         cookies = headers.getall("Cookie", ())
-        cookie_token, kept_cookie = auth.strip_cookie(cookies, self.config.token_cookie)
-        if cookie_token is not None:
-            cookies = (kept_cookie,) if kept_cookie else ()
-        target = path + (question + kept_query if kept_query or (question and query_token is None) else "")
+        if cookies:
+            cookie_token, kept_cookie = auth.strip_cookie(cookies, self.config.token_cookie)
+            if cookie_token is not None:
+                cookies = (kept_cookie,) if kept_cookie else ()
         exchange.target = target
         header_tokens = headers.getall(auth.TOKEN_HEADER, ())
         token = header_tokens[0] if len(header_tokens) == 1 else None

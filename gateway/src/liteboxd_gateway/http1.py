@@ -97,6 +97,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, gateway, connections: ClientConnections, websocket_server):
         self.gateway = gateway
         self.config = gateway.config
+        self.max_header_size, self.max_headers = self.config.max_header_size, self.config.max_headers
         self.connections = connections
         self.websocket_server = websocket_server
         self.loop = asyncio.get_running_loop()
@@ -236,10 +237,11 @@ class ClientConnection(asyncio.Protocol):
             raise Refused(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes):
-        if len(name) + len(value) + 2 > self.config.max_header_size:
+        if len(name) + len(value) + 2 > self.max_header_size:
             raise Refused(431, "request header field too large")
-        self._fields.append((name.decode(*HEADER_ENCODING), value.decode(*HEADER_ENCODING)))
-        if len(self._fields) > self.config.max_headers:
+        fields = self._fields
+        fields.append((name.decode(*HEADER_ENCODING), value.decode(*HEADER_ENCODING)))
+        if len(fields) > self.max_headers:
             raise Refused(431, "too many request header fields")
 
     def on_headers_complete(self):

@@ -7,6 +7,7 @@ on the loop and do not wake the thread: it writes them with the next other recor
 the GIL from the loop at every request. Access log lines are JSON objects with a request id; they
 carry no token (the query string logged is the one forwarded, carriers removed).
 """
+import collections
 import json
 import logging
 import logging.handlers
@@ -38,15 +39,17 @@ class JsonFormatter(logging.Formatter):
             cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
 
-    def access_line(self, created: float, fields: dict) -> str:
-        """What ``format`` makes of an access record: the fixed keys written out, the fields encoded."""
-        encoded = "".join(self._encode(fields, 0))
-        return (f'{{"time":"{self._time(created)}","level":"info","logger":"{ACCESS_LOGGER}","message":"request"'
-                + ("," + encoded[1:] if len(encoded) > 2 else "}"))
+    def access_line(self, created: float, line) -> str:
+        """One access line as JSON: what ``format`` would make of it, with the keys written out."""
+        return ACCESS_JSON % (
+            self._time(created), _text(line.request_id), "null" if line.remote is None else _text(line.remote),
+            _text(line.method), _text(line.form), "null" if line.sandbox is None else _text(line.sandbox),
+            "null" if line.target is None else _text(line.target), line.status, line.duration_ms, line.bytes,
+            "" if line.error is None else ',"error":' + _text(line.error))
 
     def format(self, record):
         if isinstance(record, AccessRecord):
-            return self.access_line(record.created, record.fields)
+            return self.access_line(record.created, record.line)
         # Structured fields travel as ``extra={"fields": {...}}``.
         entry = {"time": self._time(record.created), "level": record.levelname.lower(), "logger": record.name,
                  "message": record.getMessage(), **(getattr(record, "fields", None) or {})}
@@ -143,6 +146,11 @@ _writer = None
 
 
 access_log = logging.getLogger(ACCESS_LOGGER)
+# What one request did; ``error`` is None when nothing went wrong.
+AccessLine = collections.namedtuple("AccessLine", "request_id remote method form sandbox target status duration_ms bytes error")
+_text = json.encoder.encode_basestring_ascii
+ACCESS_JSON = ('{"time":"%s","level":"info","logger":"' + ACCESS_LOGGER + '","message":"request","request_id":%s,'
+               '"remote":%s,"method":%s,"form":%s,"sandbox":%s,"target":%s,"status":%d,"duration_ms":%r,"bytes":%d%s}')
 
 
 class AccessRecord(logging.LogRecord):
@@ -151,7 +159,7 @@ class AccessRecord(logging.LogRecord):
 
     template = None
 
-    def __init__(self, fields: dict):  # pylint: disable=super-init-not-called
+    def __init__(self, line: AccessLine):  # pylint: disable=super-init-not-called
         template = AccessRecord.template
         if template is None:
             template = vars(logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None))
@@ -163,14 +171,22 @@ class AccessRecord(logging.LogRecord):
         self.created = created
         self.msecs = int((created - int(created)) * 1000) + 0.0
         self.relativeCreated = (created - logging._startTime) * 1000  # pylint: disable=protected-access
-        self.fields = fields
+        self.line = line
+
+    @property
+    def fields(self) -> dict:
+        """The line as the structured fields of other records."""
+        fields = self.line._asdict()
+        if fields["error"] is None:
+            del fields["error"]
+        return fields
 
 
-def access(fields: dict):
-    """Log one access line (``fields``). After ``setup``, the line the writer's handler would
-    queue is queued straight away: no LogRecord, no walk through the loggers and their lock."""
+def access(line: AccessLine):
+    """Log one access line. After ``setup``, the line the writer's handler would queue is queued
+    straight away: no LogRecord, no walk through the loggers and their lock."""
     if access_log.isEnabledFor(logging.INFO):
         if _writer is not None:
-            _writer.records.put_nowait(_writer.formatter.access_line(time.time(), fields))
+            _writer.records.put_nowait(_writer.formatter.access_line(time.time(), line))
         else:
-            access_log.handle(AccessRecord(fields))
+            access_log.handle(AccessRecord(line))
