@@ -41,9 +41,9 @@ class UpstreamBroken(Exception):
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a sandbox, carrying one Forward at a time.
 
-    Its parser lives as long as the connection (llhttp reads one message after the other), except
-    after an answer to HEAD, whose body llhttp would wait for. The Forward hears of the response
-    through ``head``, ``body`` and, once a read has been parsed, ``parsed``.
+    Its parser lives as long as the connection: llhttp reads one message after the other (an
+    answer to HEAD, whose body llhttp would wait for, ends the connection's reuse). The Forward
+    hears of the response through ``head``, ``body`` and, once a read has been parsed, ``parsed``.
     """
 
     def __init__(self, loop, address):
@@ -67,8 +67,6 @@ class UpstreamConnection(asyncio.Protocol):
     # -- exchange --------------------------------------------------------------------------
     def begin(self, forward, data: bytes, head_only: bool):
         """Send a request head (and maybe its whole body); ``forward`` hears of the response."""
-        if self._head_only:
-            self.parser = httptools.HttpResponseParser(self)
         self.forward = forward
         self._head_only = head_only
         self._reason, self._fields = b"", []
