@@ -258,6 +258,7 @@ class Gateway:
         if forward is None:
             return  # answered already
         exchange.forward = None
+        exchange.request.exchange = None
         forward.cancel()
         self._release(exchange)
         exchange.status = exchange.status or 499
@@ -271,10 +272,11 @@ class Gateway:
         self.limits.release(exchange.sandbox_id)
 
     def _served(self, exchange):
-        client = exchange.client
+        client, request = exchange.client, exchange.request
+        request.exchange = None  # no reference cycle: both go as soon as the client is done with them
         exchange.bytes = client.body_bytes
-        self._account(exchange, exchange.request.method, client.peer_host, self.proxy.loop.time() - exchange.started)
-        client.finished(exchange.request)
+        self._account(exchange, request.method, client.peer_host, self.proxy.loop.time() - exchange.started)
+        client.finished(request)
 
     # -- WebSocket upgrades, from aiohttp's server ---------------------------------------------
     async def handle_websocket(self, request: web.BaseRequest) -> web.StreamResponse:

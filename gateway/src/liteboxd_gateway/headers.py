@@ -99,23 +99,15 @@ def downstream_response_fields(fields):
     body is framed at all: Content-Length or Transfer-Encoding). Bytes throughout: a response head
     passes through without decoding and encoding each field.
     """
-    kept = []
-    has_length = chunked = False
-    connection = None
-    for field in fields:
-        low = field[0].lower()
-        if low not in HOP_BY_HOP_FIELDS:
-            if low == b"content-length":
-                has_length = True
-            kept.append(field)
-        elif low == b"connection":
-            value = field[1].lower()
-            if value != b"keep-alive":  # the usual value names a hop-by-hop field only
-                connection = (connection or set()).union(token.strip() for token in value.split(b","))
-        elif low == b"transfer-encoding":
-            chunked = True
-    if connection:
-        named = connection - HOP_BY_HOP_FIELDS
-        if named:
-            kept = [field for field in kept if field[0].lower() not in named]
-    return kept, has_length, has_length or chunked
+    lowered = [name.lower() for name, _value in fields]
+    has_length = b"content-length" in lowered
+    framed = has_length or b"transfer-encoding" in lowered
+    if HOP_BY_HOP_FIELDS.isdisjoint(lowered):
+        return fields, has_length, framed
+    dropped = HOP_BY_HOP_FIELDS
+    if b"connection" in lowered:
+        named = {token.strip() for low, (_name, value) in zip(lowered, fields) if low == b"connection"
+                 for token in value.lower().split(b",")}
+        if not named <= HOP_BY_HOP_FIELDS:  # the usual "keep-alive" names a hop-by-hop field only
+            dropped = dropped | named
+    return [field for field, low in zip(fields, lowered) if low not in dropped], has_length, framed
