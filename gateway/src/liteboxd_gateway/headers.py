@@ -105,9 +105,9 @@ def downstream_response_fields(fields):
     if HOP_BY_HOP_FIELDS.isdisjoint(lowered):
         return fields, has_length, framed
     dropped = HOP_BY_HOP_FIELDS
-    if b"connection" in lowered:
-        named = {token.strip() for low, (_name, value) in zip(lowered, fields) if low == b"connection"
-                 for token in value.lower().split(b",")}
-        if not named <= HOP_BY_HOP_FIELDS:  # the usual "keep-alive" names a hop-by-hop field only
-            dropped = dropped | named
+    # The usual single "Connection: keep-alive" names a hop-by-hop field only.
+    if b"connection" in lowered and (lowered.count(b"connection") > 1
+                                     or fields[lowered.index(b"connection")][1].lower() != b"keep-alive"):
+        dropped = dropped | {token.strip() for low, (_name, value) in zip(lowered, fields) if low == b"connection"
+                             for token in value.lower().split(b",")}
     return [field for field, low in zip(fields, lowered) if low not in dropped], has_length, framed

@@ -1,8 +1,9 @@
 """The client side: an HTTP/1.1 server Protocol parsing requests with httptools (llhttp).
 
 One ClientConnection per client connection; requests on it are served one at a time, in order
-(a pipelined request waits its turn). llhttp refuses ambiguous framing before anything is
-forwarded: Content-Length together with Transfer-Encoding, duplicate or malformed Content-Length,
+(a pipelined request waits its turn), each from the read that completed its head once llhttp has
+judged all of that read, by callbacks and without a task of its own. llhttp refuses ambiguous
+framing before anything is forwarded: Content-Length together with Transfer-Encoding, duplicate or malformed Content-Length,
 a Transfer-Encoding that does not end in chunked, obs-fold, whitespace before a colon. Such a
 request gets 400 and the connection closes. Heads are bounded: the request-target and each header
 field by ``--max-header-size``, the number of fields by ``--max-headers``, and the time to send a
@@ -372,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
     def respond(self, request: Request, status: int, fields: list, body: bytes = b"", reason: bytes = b"",
                 streaming: bool = False, close: bool = False, has_length: bool = False):
         """Send a response head, header fields as (name, value) bytes, with the whole body unless
-        ``streaming`` (then ``write`` and ``end``). ``has_length``: a Content-Length is among the fields."""
+        ``streaming`` (then ``send`` and ``end``). ``has_length``: a Content-Length is among the fields."""
         self.response_started = True
         bodyless = request.method == "HEAD" or status in (204, 304) or status < 200
         if close:
