@@ -98,7 +98,10 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, gateway, connections: ClientConnections, websocket_server):
         self.gateway = gateway
         self.config = gateway.config
+        # Limits read per request, kept at hand.
         self.max_header_size, self.max_headers = self.config.max_header_size, self.config.max_headers
+        # llhttp keeps a partial field in memory until it ends: this bounds what a whole head may be.
+        self.max_head_bytes = self.max_header_size * (self.max_headers + 2)
         self.connections = connections
         self.websocket_server = websocket_server
         self.loop = asyncio.get_running_loop()
@@ -205,9 +208,8 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing ---------------------------------------------------------------------------
     def data_received(self, data):
         if self._in_head or self._parsing is None:
-            # llhttp keeps a partial field in memory until it ends: bound what a head may be.
             self._head_bytes += len(data)
-            if self._head_bytes > self.config.max_header_size * (self.config.max_headers + 2):
+            if self._head_bytes > self.max_head_bytes:
                 self._refuse(431, "request header fields too large")
                 return
         try:
@@ -234,7 +236,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes):
         self._url += url
-        if len(self._url) > self.config.max_header_size:
+        if len(self._url) > self.max_header_size:
             raise Refused(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes):
