@@ -228,7 +228,11 @@ class UpstreamPool:
         connection.forward = None
         if connection.reusable and not connection.closed:
             connection.idle_since = self.loop.time()
-            self.idle.setdefault(connection.address, []).append(connection)
+            stack = self.idle.get(connection.address)
+            if stack is None:
+                self.idle[connection.address] = [connection]
+            else:
+                stack.append(connection)
         else:
             connection.close()
 
