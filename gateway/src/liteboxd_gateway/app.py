@@ -46,9 +46,10 @@ class Exchange:
 
 
 class HttpExchange(Exchange):
-    """An HTTP request being served: when it began, and the Forward still at work on it."""
+    """An HTTP request being served: when it began, the Forward still at work on it, and whether
+    it holds a slot of its sandbox's connection limit."""
 
-    __slots__ = ("gateway", "client", "request", "started", "forward")
+    __slots__ = ("gateway", "client", "request", "started", "forward", "holding")
 
     def cancel(self):
         """The client left, or broke its request's framing, before the answer was through."""
@@ -206,6 +207,7 @@ class Gateway:
         exchange.gateway, exchange.client, exchange.request = self, client, request
         exchange.started = self.proxy.loop.time()
         exchange.forward = None
+        exchange.holding = False
         request.exchange = exchange
         try:
             admitted = self._admit(request.method, request.raw_path, request.headers, exchange, websocket=False)
@@ -220,6 +222,7 @@ class Gateway:
             self._answer_error(client, request, exchange, rejected.status, str(rejected))
             self._served(exchange)
             return
+        exchange.holding = True
         self.metrics.active_requests.add(1)
         try:
             fields = forwarded_request_fields(request.headers, admitted.cookies, client.peer_host, self.config,
@@ -229,6 +232,9 @@ class Gateway:
                                                             lambda forward: self._forwarded(exchange, forward))
             forward.start()
         except BaseException:
+            forward, exchange.forward = exchange.forward, None
+            if forward is not None:
+                forward.cancel()
             self._release(exchange)
             raise
 
@@ -268,8 +274,10 @@ class Gateway:
                       self.proxy.loop.time() - exchange.started)
 
     def _release(self, exchange):
-        self.metrics.active_requests.add(-1)
-        self.limits.release(exchange.sandbox_id)
+        if exchange.holding:
+            exchange.holding = False
+            self.metrics.active_requests.add(-1)
+            self.limits.release(exchange.sandbox_id)
 
     def _served(self, exchange):
         client, request = exchange.client, exchange.request

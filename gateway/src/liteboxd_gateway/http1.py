@@ -3,9 +3,9 @@
 One ClientConnection per client connection; requests on it are served one at a time, in order
 (a pipelined request waits its turn), each from the read that completed its head once llhttp has
 judged all of that read, by callbacks and without a task of its own. llhttp refuses ambiguous
-framing before anything is forwarded: Content-Length together with Transfer-Encoding, duplicate or malformed Content-Length,
-a Transfer-Encoding that does not end in chunked, obs-fold, whitespace before a colon. Such a
-request gets 400 and the connection closes. Heads are bounded: the request-target and each header
+framing before anything is forwarded: Content-Length together with Transfer-Encoding, duplicate
+or malformed Content-Length, a Transfer-Encoding that does not end in chunked, obs-fold,
+whitespace before a colon. Such a request gets 400 and the connection closes. Heads are bounded: the request-target and each header
 field by ``--max-header-size``, the number of fields by ``--max-headers``, and the time to send a
 head (or to idle between requests) by ``--client-idle-timeout``. Responses leave in as few writes
 as possible: a complete answer is one write; a streamed one is framed by the sandbox's
