@@ -52,8 +52,7 @@ class HttpExchange(Exchange):
     __slots__ = ("gateway", "client", "request", "started", "forward", "holding")
 
     def cancel(self):
-        """The client left, or broke its request's framing, before the answer was through."""
-        self.gateway._cancelled(self)
+        self.gateway.abandon(self)
 
 
 class Rejected(Exception):
@@ -200,7 +199,7 @@ class Gateway:
 
     # -- HTTP, from http1.ClientConnection ----------------------------------------------------
     # Callbacks, no task: the answer comes at once (the gateway's own) or from the Forward's
-    # ``done``; either way ``client.finished`` follows, unless the client left first (``_cancelled``).
+    # ``done``; either way ``client.finished`` follows, unless the client left first (``abandon``).
     def serve(self, client, request):
         """Answer one HTTP request on a client connection."""
         exchange = self._exchange(request.headers, HttpExchange)
@@ -259,7 +258,8 @@ class Gateway:
             self._answer_error(exchange.client, exchange.request, exchange, 408, "request body timeout", close=True)
         self._served(exchange)
 
-    def _cancelled(self, exchange):
+    def abandon(self, exchange):
+        """The client left, or broke its request's framing, before the answer was through."""
         forward = exchange.forward
         if forward is None:
             return  # answered already
