@@ -75,3 +75,28 @@ def test_access_lines_are_the_json_of_their_record():
         assert json.loads(text) == expected
         assert text == json.dumps(expected, separators=(",", ":"))
         assert ("error" in record.fields) == (line.error is not None)
+
+
+async def test_a_client_that_stops_reading_holds_back_the_sandbox_then_gets_everything(gateway_factory, sandbox_factory):
+    # The streamed answer pauses the upstream read while the client's buffer is full and resumes
+    # it when drained; the upstream connection then serves the next request.
+    gateway = await gateway_factory(upstream_idle_timeout=30)
+    sandbox = await sandbox_factory()
+    token = f"X-Access-Token: {sandbox.token}\r\n"
+    size = 16 * 1024 * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(f"GET {sandbox.path(f'/large/{size}')} HTTP/1.1\r\nHost: x\r\n{token}\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(1)  # not reading: every buffer on the way fills up
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {size}".encode() in head
+        body = await asyncio.wait_for(reader.readexactly(size), 60)
+        assert body == (bytes(range(256)) * 256 * (size // 65536))[:size]
+        writer.write(f"GET {sandbox.path('/again')} HTTP/1.1\r\nHost: x\r\n{token}Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        rest = await asyncio.wait_for(reader.read(-1), 30)
+    finally:
+        writer.close()
+    assert rest.startswith(b"HTTP/1.1 200") and json.loads(rest.partition(b"\r\n\r\n")[2])["raw_path"] == "/again"
+    assert len(sandbox.upstream.peers) == 2 and sandbox.upstream.peers[0] == sandbox.upstream.peers[1]
