@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "gateway" / "src"))
 from tests.lib.apiserver import KubeAPIServer, kube_assets  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
+PARTS = ("http", "websocket", "churn", "cache")
 NGINX_UPSTREAM = """
 worker_processes 1;
 daemon off;
@@ -179,6 +180,42 @@ async def ws_round_trips(url, count, headers=None, size=64):
     return count / elapsed, samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
 
 
+def bench_http(targets, sizes, concurrencies, duration):
+    """One wrk run per size, concurrency and target: {(size, concurrency, target): measurements}."""
+    results = {}
+    for size in sizes:
+        for concurrency in concurrencies:
+            for name, (base, headers, proc) in targets.items():
+                cpu0 = proc.cpu() if proc else 0.0
+                rps, p50, p99, non2xx, socket_errors = run_wrk(base + size, concurrency, duration, headers)
+                cpu = (proc.cpu() - cpu0) / duration if proc else 0.0
+                rss = proc.rss_mib("VmHWM") if proc else 0.0
+                results[(size, concurrency, name)] = (rps, p50, p99, cpu, rss, non2xx, socket_errors)
+    return results
+
+
+def print_http(results, targets, sizes, concurrencies, title):
+    print(f"\n{title}")
+    header = (f"{'size':>4} {'conc':>4} {'target':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5}"
+              f" {'us/req':>6} {'peakMiB':>7} {'errors':>6}")
+    print(header)
+    print("-" * len(header))
+    for size in sizes:
+        for concurrency in concurrencies:
+            for name in targets:
+                rps, p50, p99, cpu, rss, non2xx, socket_errors = results[(size, concurrency, name)]
+                per_request = f"{cpu / rps * 1e6:>6.1f}" if cpu else f"{'':>6}"
+                print(f"{size:>4} {concurrency:>4} {name:>8} {rps:>9.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}"
+                      f" {cpu:>5.2f} {per_request} {rss:>7.1f} {non2xx:>6} {socket_errors}")
+    print(f"{'size':>4} {'conc':>4} {'gw/direct rps':>13} {'gw/nginx rps':>12} {'gw added p50 ms':>15}"
+          f" {'nginx added p50 ms':>18}")
+    for size in sizes:
+        for concurrency in concurrencies:
+            direct, gw, ng = (results[(size, concurrency, n)] for n in ("direct", "gateway", "nginx"))
+            print(f"{size:>4} {concurrency:>4} {gw[0] / direct[0]:>13.2f} {gw[0] / ng[0]:>12.2f}"
+                  f" {(gw[1] - direct[1]) * 1e3:>15.3f} {(ng[1] - direct[1]) * 1e3:>18.3f}")
+
+
 def bench_cache(sizes):
     from liteboxd_gateway.cache import SandboxCache
 
@@ -236,9 +273,16 @@ def main():
     parser.add_argument("--cache-sizes", default="10000,100000")
     parser.add_argument("--churn-rate", type=float, default=100)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the HTTP table, each round printed on its own")
     parser.add_argument("--gateway-arg", action="append", default=[],
                         help="extra gateway flag, e.g. --gateway-arg=--access-log=false (repeatable)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"which tables to measure, a subset of {','.join(PARTS)} (a quick iteration: --parts http"
+                             " --sizes 1k --concurrency 1,50)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: choose among {','.join(PARTS)}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     sizes = args.sizes.split(",")
 
@@ -304,66 +348,47 @@ def main():
                         (f"X-Access-Token: {TOKEN}",), gateway_proc),
             "nginx": (f"http://127.0.0.1:{nginx_port}/", (), nginx_proxy),
         }
-        results = {}
-        for size in sizes:
-            for concurrency in concurrencies:
-                for name, (base, headers, proc) in targets.items():
-                    cpu0 = proc.cpu() if proc else 0.0
-                    rps, p50, p99, non2xx, socket_errors = run_wrk(base + size, concurrency, args.duration, headers)
-                    cpu = (proc.cpu() - cpu0) / args.duration if proc else 0.0
-                    rss = proc.rss_mib("VmHWM") if proc else 0.0
-                    results[(size, concurrency, name)] = (rps, p50, p99, cpu, rss, non2xx, socket_errors)
+        if "http" in parts:
+            started = [json.loads(line) for line in (scratch / "gateway.log").read_text().splitlines()
+                       if line.startswith("{") and "listening" in line]
+            print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell; gateway: {len(started)} worker process(es),"
+                  f" event loop {started[0]['event_loop']}, access log {'on' if started[0]['access_log'] else 'off'};"
+                  f" nginx proxy and upstream: worker_processes 1 each"
+                  f"\n(cpu = cores used by the proxy's processes, user + system; us/req = CPU microseconds per"
+                  f" request; peak RSS = VmHWM)")
+            for round_number in range(1, args.rounds + 1):
+                results = bench_http(targets, sizes, concurrencies, args.duration)
+                print_http(results, targets, sizes, concurrencies, f"round {round_number} of {args.rounds}, "
+                           + time.strftime("%H:%M:%S UTC", time.gmtime()) + f", load average {os.getloadavg()[0]:.1f}")
 
-        started = [json.loads(line) for line in (scratch / "gateway.log").read_text().splitlines()
-                   if line.startswith("{") and "listening" in line]
-        print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell; gateway: {len(started)} worker process(es),"
-              f" event loop {started[0]['event_loop']}, access log {'on' if started[0]['access_log'] else 'off'};"
-              f" nginx proxy and upstream: worker_processes 1 each"
-              f"\n(cpu = cores used by the proxy's processes, user + system; peak RSS = VmHWM)")
-        header = (f"{'size':>4} {'conc':>4} {'target':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5}"
-                  f" {'peakMiB':>7} {'errors':>6}")
-        print(header)
-        print("-" * len(header))
-        for size in sizes:
-            for concurrency in concurrencies:
-                for name in targets:
-                    rps, p50, p99, cpu, rss, non2xx, socket_errors = results[(size, concurrency, name)]
-                    print(f"{size:>4} {concurrency:>4} {name:>8} {rps:>9.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}"
-                          f" {cpu:>5.2f} {rss:>7.1f} {non2xx:>6} {socket_errors}")
-        print("\nratios")
-        print(f"{'size':>4} {'conc':>4} {'gw/direct rps':>13} {'gw/nginx rps':>12} {'gw added p50 ms':>15}"
-              f" {'nginx added p50 ms':>18}")
-        for size in sizes:
-            for concurrency in concurrencies:
-                direct, gw, ng = (results[(size, concurrency, n)] for n in ("direct", "gateway", "nginx"))
-                print(f"{size:>4} {concurrency:>4} {gw[0] / direct[0]:>13.2f} {gw[0] / ng[0]:>12.2f}"
-                      f" {(gw[1] - direct[1]) * 1e3:>15.3f} {(ng[1] - direct[1]) * 1e3:>18.3f}")
+        if "websocket" in parts:
+            print(f"\nWebSocket echo, {args.ws_round_trips} sequential round trips of 64-byte text messages")
+            print(f"{'target':>8} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+            ws_targets = {
+                "direct": (f"ws://127.0.0.1:{ws_port}/ws", None),
+                "gateway": (f"ws://127.0.0.1:{gateway_port}/sandbox/bench/port/{ws_port}/ws",
+                            {"X-Access-Token": TOKEN}),
+                "nginx": (f"ws://127.0.0.1:{nginx_port}/ws", None),
+            }
+            for name, (url, headers) in ws_targets.items():
+                rate, p50, p99 = asyncio.run(ws_round_trips(url, args.ws_round_trips, headers))
+                print(f"{name:>8} {rate:>8.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}")
 
-        print(f"\nWebSocket echo, {args.ws_round_trips} sequential round trips of 64-byte text messages")
-        print(f"{'target':>8} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        ws_targets = {
-            "direct": (f"ws://127.0.0.1:{ws_port}/ws", None),
-            "gateway": (f"ws://127.0.0.1:{gateway_port}/sandbox/bench/port/{ws_port}/ws", {"X-Access-Token": TOKEN}),
-            "nginx": (f"ws://127.0.0.1:{nginx_port}/ws", None),
-        }
-        for name, (url, headers) in ws_targets.items():
-            rate, p50, p99 = asyncio.run(ws_round_trips(url, args.ws_round_trips, headers))
-            print(f"{name:>8} {rate:>8.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}")
-
-        print(f"\nGateway p99 while {len(pod_names) - 1} sandbox Pods churn at {args.churn_rate:.0f} events/s "
-              f"(real API server patches, the gateway's watch applies them), wrk c10 1k")
-        quiet = run_wrk(targets["gateway"][0] + "1k", 10, args.duration, targets["gateway"][1])
-        stop = threading.Event()
-        worker = threading.Thread(target=churn, args=(kube, namespace, pod_names[1:], args.churn_rate, stop))
-        worker.start()
-        busy = run_wrk(targets["gateway"][0] + "1k", 10, args.duration, targets["gateway"][1])
-        stop.set()
-        worker.join()
-        achieved = stop.count / args.duration
-        print(f"{'':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-        print(f"{'quiet':>10} {quiet[0]:>9.0f} {quiet[1] * 1e3:>8.3f} {quiet[2] * 1e3:>8.3f}")
-        print(f"{'churning':>10} {busy[0]:>9.0f} {busy[1] * 1e3:>8.3f} {busy[2] * 1e3:>8.3f}"
-              f"   ({achieved:.0f} events/s reached)")
+        if "churn" in parts:
+            print(f"\nGateway p99 while {len(pod_names) - 1} sandbox Pods churn at {args.churn_rate:.0f} events/s "
+                  f"(real API server patches, the gateway's watch applies them), wrk c10 1k")
+            quiet = run_wrk(targets["gateway"][0] + "1k", 10, args.duration, targets["gateway"][1])
+            stop = threading.Event()
+            worker = threading.Thread(target=churn, args=(kube, namespace, pod_names[1:], args.churn_rate, stop))
+            worker.start()
+            busy = run_wrk(targets["gateway"][0] + "1k", 10, args.duration, targets["gateway"][1])
+            stop.set()
+            worker.join()
+            achieved = stop.count / args.duration
+            print(f"{'':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+            print(f"{'quiet':>10} {quiet[0]:>9.0f} {quiet[1] * 1e3:>8.3f} {quiet[2] * 1e3:>8.3f}")
+            print(f"{'churning':>10} {busy[0]:>9.0f} {busy[1] * 1e3:>8.3f} {busy[2] * 1e3:>8.3f}"
+                  f"   ({achieved:.0f} events/s reached)")
     finally:
         for process in reversed(processes):
             if process.poll() is None:
@@ -378,10 +403,11 @@ def main():
         if kube is not None:
             kube.stop()
 
-    print("\nCache: synthetic watch events (JSON decoded and applied like the watch does), then lookups")
-    print(f"{'pods':>7} {'bytes/pod':>9} {'MiB':>7} {'apply us/event':>14} {'lookup ns':>9}")
-    for size, per_pod, total, apply_us, lookup_ns in bench_cache([int(s) for s in args.cache_sizes.split(",")]):
-        print(f"{size:>7} {per_pod:>9.0f} {total:>7.1f} {apply_us:>14.2f} {lookup_ns:>9.1f}")
+    if "cache" in parts:
+        print("\nCache: synthetic watch events (JSON decoded and applied like the watch does), then lookups")
+        print(f"{'pods':>7} {'bytes/pod':>9} {'MiB':>7} {'apply us/event':>14} {'lookup ns':>9}")
+        for size, per_pod, total, apply_us, lookup_ns in bench_cache([int(s) for s in args.cache_sizes.split(",")]):
+            print(f"{size:>7} {per_pod:>9.0f} {total:>7.1f} {apply_us:>14.2f} {lookup_ns:>9.1f}")
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"\ncommand: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
 

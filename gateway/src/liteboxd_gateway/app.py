@@ -16,9 +16,9 @@ import re
 from aiohttp import web
 
 from . import auth, logs
-from .headers import WEBSOCKET_HANDSHAKE, upstream_request_headers
+from .headers import WEBSOCKET_HANDSHAKE, forwarded_request_fields, upstream_request_headers
 from .limits import SandboxLimits
-from .proxy import ClientBodyTimeout, HttpProxy, UpstreamError
+from .proxy import HttpProxy, UpstreamError
 from .routing import RouteError, resolve
 from .version import __version__
 from .websocket import Relay, client_protocols, connect_upstream, websocket_upstream
@@ -43,6 +43,16 @@ class Exchange:
         self.status = 0
         self.error = None
         self.bytes = 0
+
+
+class HttpExchange(Exchange):
+    """An HTTP request being served: when it began, the Forward still at work on it, and whether
+    it holds a slot of its sandbox's connection limit."""
+
+    __slots__ = ("gateway", "client", "request", "started", "forward", "holding")
+
+    def cancel(self):
+        self.gateway.abandon(self)
 
 
 class Rejected(Exception):
@@ -107,34 +117,22 @@ class Gateway:
     def ready(self) -> bool:
         return self.cache.synced and not self.draining
 
-    def _exchange(self, headers) -> Exchange:
-        incoming_id = headers.get("X-Request-Id", "")
-        if REQUEST_ID_RE.fullmatch(incoming_id):
-            return Exchange(incoming_id)
+    def _exchange(self, headers, kind=Exchange) -> Exchange:
+        incoming_id = headers.get("X-Request-Id")
+        if incoming_id and REQUEST_ID_RE.fullmatch(incoming_id):
+            return kind(incoming_id)
         # Unique, not secret: a random prefix per process and a counter (no system call per request).
-        return Exchange(f"{self._request_id_prefix}{next(self._request_ids):012x}")
+        return kind(f"{self._request_id_prefix}{next(self._request_ids):012x}")
 
     def _account(self, exchange, method, remote, elapsed):
         self.metrics.requests.inc(exchange.form, str(exchange.status))
         if exchange.status != 101:
             self.metrics.duration.observe(elapsed, exchange.form)
-        if not self.config.access_log:
-            return
-        fields = {
-            "request_id": exchange.request_id,
-            "remote": remote,
-            "method": method,
-            "form": exchange.form,
-            "sandbox": exchange.sandbox_id,
+        if self.config.access_log:
             # The forwarded target (token carriers removed), never the raw one.
-            "target": exchange.target,
-            "status": exchange.status,
-            "duration_ms": round(elapsed * 1000, 3),
-            "bytes": exchange.bytes,
-        }
-        if exchange.error:
-            fields["error"] = exchange.error
-        logs.access(fields)
+            logs.access(logs.AccessLine(exchange.request_id, remote, method, exchange.form, exchange.sandbox_id,
+                                        exchange.target, exchange.status, round(elapsed * 1000, 3), exchange.bytes,
+                                        exchange.error or None))
 
     def _reject(self, exchange, status, reason, message=None):
         self.metrics.rejected.inc(reason)
@@ -160,13 +158,18 @@ class Gateway:
         if sandbox is None:
             raise self._reject(exchange, 404, "sandbox_not_found")
 
-        path, question, query = route.target.partition("?")
-        query_token, kept_query = auth.strip_query_param(query, self.config.token_query_param)
+        # Token carriers are looked for only where there is a query or a cookie at all.
+        target = route.target
+        query_token = cookie_token = None
+        if "?" in target:
+            path, _unused, query = target.partition("?")
+            query_token, kept_query = auth.strip_query_param(query, self.config.token_query_param)
+            target = path + ("?" + kept_query if kept_query or query_token is None else "")
         cookies = headers.getall("Cookie", ())
-        cookie_token, kept_cookie = auth.strip_cookie(cookies, self.config.token_cookie)
-        if cookie_token is not None:
-            cookies = (kept_cookie,) if kept_cookie else ()
-        target = path + (question + kept_query if kept_query or (question and query_token is None) else "")
+        if cookies:
+            cookie_token, kept_cookie = auth.strip_cookie(cookies, self.config.token_cookie)
+            if cookie_token is not None:
+                cookies = (kept_cookie,) if kept_cookie else ()
         exchange.target = target
         header_tokens = headers.getall(auth.TOKEN_HEADER, ())
         token = header_tokens[0] if len(header_tokens) == 1 else None
@@ -196,27 +199,16 @@ class Gateway:
         return 503, "draining\n" if self.draining else "cache not synced\n"
 
     # -- HTTP, from http1.ClientConnection ----------------------------------------------------
-    async def serve(self, client, request):
+    # Callbacks, no task: the answer comes at once (the gateway's own) or from the Forward's
+    # ``done``; either way ``client.finished`` follows, unless the client left first (``abandon``).
+    def serve(self, client, request):
         """Answer one HTTP request on a client connection."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        exchange = self._exchange(request.headers)
-        try:
-            await self._serve(client, request, exchange)
-        except asyncio.CancelledError:
-            exchange.status = exchange.status or 499
-            exchange.error = exchange.error or "client went away"
-            raise
-        finally:
-            exchange.bytes = client.body_bytes
-            self._account(exchange, request.method, client.peer_host, loop.time() - started)
-
-    def _answer_error(self, client, request, exchange, status, message, close=False):
-        exchange.status = status
-        client.respond(request, status, [(b"Content-Type", JSON.encode()), (b"X-Request-Id", exchange.request_id.encode()),
-                                         (b"Cache-Control", b"no-store")], error_body(message), close=close)
-
-    async def _serve(self, client, request, exchange):
+        exchange = self._exchange(request.headers, HttpExchange)
+        exchange.gateway, exchange.client, exchange.request = self, client, request
+        exchange.started = self.proxy.loop.time()
+        exchange.forward = None
+        exchange.holding = False
+        request.exchange = exchange
         try:
             admitted = self._admit(request.method, request.raw_path, request.headers, exchange, websocket=False)
             if admitted is None:
@@ -224,29 +216,76 @@ class Gateway:
                 exchange.status = status
                 client.respond(request, status, [(b"Content-Type", b"text/plain; charset=utf-8"),
                                                  (b"X-Request-Id", exchange.request_id.encode())], text.encode())
+                self._served(exchange)
                 return
         except Rejected as rejected:
             self._answer_error(client, request, exchange, rejected.status, str(rejected))
+            self._served(exchange)
             return
+        exchange.holding = True
+        self.metrics.active_requests.add(1)
         try:
-            headers = upstream_request_headers(request.headers, admitted.cookies, client.peer_host, self.config,
-                                               admitted.route, DROPPED_REQUEST_HEADERS)
-            headers["X-Request-Id"] = exchange.request_id
-            self.metrics.active_requests.add(1)
-            try:
-                exchange.status = await self.proxy.forward(client, request, admitted.pod_ip, admitted.route.port,
-                                                           admitted.target, headers, exchange.request_id)
-            except UpstreamError as exc:
-                self.metrics.upstream_errors.inc(exc.kind)
-                exchange.error = str(exc)
-                self._answer_error(client, request, exchange, exc.status, str(exc))
-            except ClientBodyTimeout:
-                exchange.error = "client body timeout"
-                self._answer_error(client, request, exchange, 408, "request body timeout", close=True)
-            finally:
-                self.metrics.active_requests.add(-1)
-        finally:
-            self.limits.release(admitted.route.sandbox_id)
+            fields = forwarded_request_fields(request.headers, admitted.cookies, client.peer_host, self.config,
+                                              admitted.route, DROPPED_REQUEST_HEADERS)
+            forward = exchange.forward = self.proxy.forward(client, request, admitted.pod_ip, admitted.route.port,
+                                                            admitted.target, fields, exchange.request_id,
+                                                            lambda forward: self._forwarded(exchange, forward))
+            forward.start()
+        except BaseException:
+            forward, exchange.forward = exchange.forward, None
+            if forward is not None:
+                forward.cancel()
+            self._release(exchange)
+            raise
+
+    def _answer_error(self, client, request, exchange, status, message, close=False):
+        exchange.status = status
+        client.respond(request, status, [(b"Content-Type", JSON.encode()), (b"X-Request-Id", exchange.request_id.encode()),
+                                         (b"Cache-Control", b"no-store")], error_body(message), close=close)
+
+    def _forwarded(self, exchange, forward):
+        """The Forward is through: answer its error if the client has no answer yet, then account."""
+        exchange.forward = None
+        self._release(exchange)
+        error = forward.error
+        if error is None:
+            exchange.status = forward.status
+        elif isinstance(error, UpstreamError):
+            self.metrics.upstream_errors.inc(error.kind)
+            exchange.error = str(error)
+            self._answer_error(exchange.client, exchange.request, exchange, error.status, str(error))
+        else:  # ClientBodyTimeout
+            exchange.error = "client body timeout"
+            self._answer_error(exchange.client, exchange.request, exchange, 408, "request body timeout", close=True)
+        self._served(exchange)
+
+    def abandon(self, exchange):
+        """The client left, or broke its request's framing, before the answer was through."""
+        forward = exchange.forward
+        if forward is None:
+            return  # answered already
+        exchange.forward = None
+        exchange.request.exchange = None
+        forward.cancel()
+        self._release(exchange)
+        exchange.status = exchange.status or 499
+        exchange.error = exchange.error or "client went away"
+        exchange.bytes = exchange.client.body_bytes
+        self._account(exchange, exchange.request.method, exchange.client.peer_host,
+                      self.proxy.loop.time() - exchange.started)
+
+    def _release(self, exchange):
+        if exchange.holding:
+            exchange.holding = False
+            self.metrics.active_requests.add(-1)
+            self.limits.release(exchange.sandbox_id)
+
+    def _served(self, exchange):
+        client, request = exchange.client, exchange.request
+        request.exchange = None  # no reference cycle: both go as soon as the client is done with them
+        exchange.bytes = client.body_bytes
+        self._account(exchange, request.method, client.peer_host, self.proxy.loop.time() - exchange.started)
+        client.finished(request)
 
     # -- WebSocket upgrades, from aiohttp's server ---------------------------------------------
     async def handle_websocket(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -43,7 +43,10 @@ class PortRanges:
         return cls(tuple(ranges))
 
     def __contains__(self, port: int) -> bool:
-        return any(low <= port <= high for low, high in self.ranges)
+        for low, high in self.ranges:  # asked per request: a loop, not any() over a generator
+            if low <= port <= high:
+                return True
+        return False
 
     def __str__(self) -> str:
         return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in self.ranges)

@@ -45,27 +45,51 @@ def without_hop_by_hop(headers, drop=frozenset()) -> CIMultiDict:
     return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in dropped)
 
 
-def upstream_request_headers(headers, cookies, client_host: str, config, route, extra_drop=frozenset()) -> CIMultiDict:
-    """Headers for the sandbox: hop-by-hop, routing and token carriers removed, X-Forwarded-* set."""
-    forwarded = without_hop_by_hop(headers, GATEWAY_REQUEST_HEADERS | {"cookie"} | extra_drop
-                                   | (frozenset() if config.trust_forwarded_headers else FORWARDED_HEADERS))
+def _dropped_request_headers(trust_forwarded: bool, extra_drop: frozenset) -> frozenset:
+    """Lower-case names never passed on as they came (some are set again by the gateway)."""
+    key = (trust_forwarded, extra_drop)
+    dropped = _DROPPED.get(key)
+    if dropped is None:
+        # Trusted: the client's X-Forwarded-For is extended, its Proto and Host kept.
+        forwarded = frozenset(("x-forwarded-for",)) if trust_forwarded else FORWARDED_HEADERS
+        dropped = _DROPPED[key] = HOP_BY_HOP | GATEWAY_REQUEST_HEADERS | {"cookie"} | extra_drop | forwarded
+    return dropped
+
+
+_DROPPED = {}
+
+
+def forwarded_request_fields(headers, cookies, client_host: str, config, route, extra_drop=frozenset()) -> list:
+    """Header fields for the sandbox as (name, value) text, in order: hop-by-hop, routing and token
+    carriers removed, the remaining cookies, X-Forwarded-* set."""
+    dropped = _dropped_request_headers(config.trust_forwarded_headers, extra_drop)
+    if "Connection" in headers:
+        dropped = dropped | connection_tokens(headers)
+    fields = [(name, value) for name, value in headers.items() if name.lower() not in dropped]
     for cookie in cookies:
-        forwarded.add("Cookie", cookie)
+        fields.append(("Cookie", cookie))
     host = headers.get("Host", "")
     if config.trust_forwarded_headers:
         previous = ", ".join(headers.getall("X-Forwarded-For", ()))
-        forwarded.popall("X-Forwarded-For", None)
-        forwarded["X-Forwarded-For"] = f"{previous}, {client_host}" if previous else client_host
-        forwarded.setdefault("X-Forwarded-Proto", "http")
-        forwarded.setdefault("X-Forwarded-Host", host)
+        fields.append(("X-Forwarded-For", f"{previous}, {client_host}" if previous else client_host))
+        kept = {name.lower() for name, _value in fields}
+        if "x-forwarded-proto" not in kept:
+            fields.append(("X-Forwarded-Proto", "http"))
+        if "x-forwarded-host" not in kept:
+            fields.append(("X-Forwarded-Host", host))
     else:
-        forwarded["X-Forwarded-For"] = client_host
-        forwarded["X-Forwarded-Proto"] = "http"
+        fields.append(("X-Forwarded-For", client_host))
+        fields.append(("X-Forwarded-Proto", "http"))
         if host:
-            forwarded["X-Forwarded-Host"] = host
+            fields.append(("X-Forwarded-Host", host))
     if route.prefix:
-        forwarded["X-Forwarded-Prefix"] = route.prefix
-    return forwarded
+        fields.append(("X-Forwarded-Prefix", route.prefix))
+    return fields
+
+
+def upstream_request_headers(headers, cookies, client_host: str, config, route, extra_drop=frozenset()) -> CIMultiDict:
+    """Headers for the sandbox: hop-by-hop, routing and token carriers removed, X-Forwarded-* set."""
+    return CIMultiDict(forwarded_request_fields(headers, cookies, client_host, config, route, extra_drop))
 
 
 def downstream_response_fields(fields):
@@ -75,12 +99,15 @@ def downstream_response_fields(fields):
     body is framed at all: Content-Length or Transfer-Encoding). Bytes throughout: a response head
     passes through without decoding and encoding each field.
     """
-    lowered = [(name.lower(), name, value) for name, value in fields]
-    names = {low for low, _name, _value in lowered}
+    lowered = [name.lower() for name, _value in fields]
+    has_length = b"content-length" in lowered
+    framed = has_length or b"transfer-encoding" in lowered
+    if HOP_BY_HOP_FIELDS.isdisjoint(lowered):
+        return fields, has_length, framed
     dropped = HOP_BY_HOP_FIELDS
-    if b"connection" in names:
-        dropped = dropped.union(token.strip() for low, _name, value in lowered if low == b"connection"
-                                for token in value.lower().split(b","))
-    kept = [(name, value) for low, name, value in lowered if low not in dropped]
-    has_length = b"content-length" in names
-    return kept, has_length, has_length or b"transfer-encoding" in names
+    # The usual single "Connection: keep-alive" names a hop-by-hop field only.
+    if b"connection" in lowered and (lowered.count(b"connection") > 1
+                                     or fields[lowered.index(b"connection")][1].lower() != b"keep-alive"):
+        dropped = dropped | {token.strip() for low, (_name, value) in zip(lowered, fields) if low == b"connection"
+                             for token in value.lower().split(b",")}
+    return [field for field, low in zip(fields, lowered) if low not in dropped], has_length, framed

@@ -1,10 +1,11 @@
 """The client side: an HTTP/1.1 server Protocol parsing requests with httptools (llhttp).
 
 One ClientConnection per client connection; requests on it are served one at a time, in order
-(a pipelined request waits its turn). llhttp refuses ambiguous framing before anything is
-forwarded: Content-Length together with Transfer-Encoding, duplicate or malformed Content-Length,
-a Transfer-Encoding that does not end in chunked, obs-fold, whitespace before a colon. Such a
-request gets 400 and the connection closes. Heads are bounded: the request-target and each header
+(a pipelined request waits its turn), each from the read that completed its head once llhttp has
+judged all of that read, by callbacks and without a task of its own. llhttp refuses ambiguous
+framing before anything is forwarded: Content-Length together with Transfer-Encoding, duplicate
+or malformed Content-Length, a Transfer-Encoding that does not end in chunked, obs-fold,
+whitespace before a colon. Such a request gets 400 and the connection closes. Heads are bounded: the request-target and each header
 field by ``--max-header-size``, the number of fields by ``--max-headers``, and the time to send a
 head (or to idle between requests) by ``--client-idle-timeout``. Responses leave in as few writes
 as possible: a complete answer is one write; a streamed one is framed by the sandbox's
@@ -37,13 +38,31 @@ class Refused(Exception):
 
 
 class Request:
-    """One request head as parsed, with its body stream."""
+    """One request head as parsed, with its body stream; ``exchange`` is what serves it (the
+    gateway sets it), stopped by ``cancel`` when the client leaves or breaks the framing."""
 
-    __slots__ = ("method", "raw_path", "version", "headers", "keep_alive", "has_body", "body")
+    __slots__ = ("method", "raw_path", "version", "headers", "keep_alive", "has_body", "has_length", "body",
+                 "exchange")
 
-    def __init__(self, method, raw_path, version, headers, keep_alive, has_body, body):
+    def __init__(self, method, raw_path, version, headers, keep_alive, has_body, has_length, body):
         self.method, self.raw_path, self.version = method, raw_path, version
-        self.headers, self.keep_alive, self.has_body, self.body = headers, keep_alive, has_body, body
+        self.headers, self.keep_alive, self.has_body, self.has_length = headers, keep_alive, has_body, has_length
+        self.body = body
+        self.exchange = None
+
+    def cancel(self):
+        if self.exchange is not None:
+            self.exchange.cancel()
+
+
+def _finished_stream() -> ChunkStream:
+    stream = ChunkStream(None, None, None)
+    stream.finish()
+    return stream
+
+
+# The body of every request without one: already at its end, never fed.
+NO_BODY = _finished_stream()
 
 
 class ClientConnections:
@@ -79,6 +98,10 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, gateway, connections: ClientConnections, websocket_server):
         self.gateway = gateway
         self.config = gateway.config
+        # Limits read per request, kept at hand.
+        self.max_header_size, self.max_headers = self.config.max_header_size, self.config.max_headers
+        # llhttp keeps a partial field in memory until it ends: this bounds what a whole head may be.
+        self.max_head_bytes = self.max_header_size * (self.max_headers + 2)
         self.connections = connections
         self.websocket_server = websocket_server
         self.loop = asyncio.get_running_loop()
@@ -91,11 +114,13 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._parsing = None  # the request whose body is being parsed
         self._upgrade = None  # a request asking to switch protocols
-        self._queue = collections.deque()  # parsed requests waiting for the current one
-        self._serving = None  # the task serving the current request
+        self._queue = collections.deque()  # parsed requests not yet served, in order
+        self._serving = None  # the request being served
+        self._dispatching = False
         self._idle_timer = None
+        self._idle_since = None  # since when the connection idles or waits for a head; None while serving
         self._paused = set()
-        self._drain_waiter = None
+        self._drained = None
         self._write_paused = False
         self._chunked = False
         self._closing = False
@@ -109,25 +134,27 @@ class ClientConnection(asyncio.Protocol):
         self.peer_host = peer[0] if peer else ""
         self.connections.open.add(self)
         self._arm_idle()
+        self._idle_timer = self.loop.call_later(self.config.client_idle_timeout, self._check_idle)
 
     def connection_lost(self, exc):
         self._closing = True
         self.connections.discard(self)
-        self._cancel_idle()
+        self._stop_idle_timer()
         if self._parsing is not None:
             self._parsing.body.finish(ConnectionResetError("client went away"))
         if self._serving is not None:
             self._serving.cancel()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("client went away"))
+            self._serving = None
+        self._drained = None
 
     def pause_writing(self):
         self._write_paused = True
 
     def resume_writing(self):
         self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained()
 
     def pause_reading(self, reason: str):
         if not self._paused and not self._closing:
@@ -155,10 +182,25 @@ class ClientConnection(asyncio.Protocol):
             self._closing = True
             self.transport.close()
 
+    # One timer per connection, re-armed from when the connection last became idle: a request
+    # only stamps the time instead of creating and cancelling a timer.
     def _arm_idle(self):
-        self._idle_timer = self.loop.call_later(self.config.client_idle_timeout, self._close)
+        self._idle_since = self.loop.time()
 
     def _cancel_idle(self):
+        self._idle_since = None
+
+    def _check_idle(self):
+        timeout = self.config.client_idle_timeout
+        since = self._idle_since
+        if since is not None and self.loop.time() - since >= timeout:
+            self._idle_timer = None
+            self._close()
+            return
+        self._idle_timer = self.loop.call_at((self.loop.time() if since is None else since) + timeout, self._check_idle)
+
+    def _stop_idle_timer(self):
+        self._idle_since = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -166,20 +208,26 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing ---------------------------------------------------------------------------
     def data_received(self, data):
         if self._in_head or self._parsing is None:
-            # llhttp keeps a partial field in memory until it ends: bound what a head may be.
             self._head_bytes += len(data)
-            if self._head_bytes > self.config.max_header_size * (self.config.max_headers + 2):
+            if self._head_bytes > self.max_head_bytes:
                 self._refuse(431, "request header fields too large")
                 return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._switch_protocols(data[upgrade.args[0]:])
+            return
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__ if isinstance(exc.__context__, Refused) else Refused(400, "bad request")
             self._refuse(refused.status, str(refused))
+            return
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
+            return
+        # Serving starts only once llhttp has judged all it was given: a head it accepted may
+        # still turn out to be badly framed (Content-Length with Transfer-Encoding ...).
+        if self._serving is None and self._queue:
+            self._serve_next()
 
     def on_message_begin(self):
         self._url = b""
@@ -188,14 +236,15 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes):
         self._url += url
-        if len(self._url) > self.config.max_header_size:
+        if len(self._url) > self.max_header_size:
             raise Refused(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes):
-        if len(name) + len(value) + 2 > self.config.max_header_size:
+        if len(name) + len(value) + 2 > self.max_header_size:
             raise Refused(431, "request header field too large")
-        self._fields.append((name.decode(*HEADER_ENCODING), value.decode(*HEADER_ENCODING)))
-        if len(self._fields) > self.config.max_headers:
+        fields = self._fields
+        fields.append((name.decode(*HEADER_ENCODING), value.decode(*HEADER_ENCODING)))
+        if len(fields) > self.max_headers:
             raise Refused(431, "too many request header fields")
 
     def on_headers_complete(self):
@@ -204,20 +253,19 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_idle()
         parser = self.parser
         headers = CIMultiDict(self._fields)
-        has_body = "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
+        length = headers.get("Content-Length")
+        has_body = "Transfer-Encoding" in headers or (length is not None and length != "0")
         request = Request(parser.get_method().decode("ascii"), self._url.decode(*HEADER_ENCODING),
                           parser.get_http_version(), headers, parser.should_keep_alive(), has_body,
-                          ChunkStream(self.loop, self._pause_for_body, self._resume_for_body))
+                          length is not None,
+                          ChunkStream(self.loop, self._pause_for_body, self._resume_for_body) if has_body else NO_BODY)
         if parser.should_upgrade():
             self._upgrade = request
             return
         self._parsing = request
-        if self._serving is None:
-            self._start(request)
-        else:
-            self._queue.append(request)
-            if len(self._queue) >= PIPELINE_DEPTH:
-                self.pause_reading("pipeline")
+        self._queue.append(request)
+        if len(self._queue) - (self._serving is None) >= PIPELINE_DEPTH:
+            self.pause_reading("pipeline")
 
     def on_body(self, body: bytes):
         self._parsing.body.feed(body)
@@ -232,14 +280,14 @@ class ClientConnection(asyncio.Protocol):
         if self._parsing is not None:
             self._parsing.body.finish(ConnectionResetError(message))
         if self._serving is not None and not self.response_started:
-            # llhttp judges the framing after the head callback started serving it: nothing was answered yet.
+            # The body of the request being served broke its framing before any answer.
             self._serving.cancel()
             self._serving = None
         if self._serving is not None or self._closing:
             # A response is under way or gone: the connection can only be cut.
             self.transport.abort()
             return
-        self._cancel_idle()
+        self._stop_idle_timer()
         self.gateway.metrics.rejected.inc("bad_request")
         body = ('{"error": "%s"}' % message.replace('"', "'")).encode()
         self._closing = True
@@ -258,12 +306,13 @@ class ClientConnection(asyncio.Protocol):
             # since llhttp stops parsing the connection at an upgrade.
             request.keep_alive = False
             request.has_body = False
-            request.body.finish()
-            self._start(request)
+            request.body = NO_BODY
+            self._queue.append(request)
+            self._serve_next()
             return
         # aiohttp's server runs the WebSocket relay: give it the connection and the head again.
         self.connections.discard(self)
-        self._cancel_idle()
+        self._stop_idle_timer()
         self._paused.clear()
         head = [f"{request.method} {request.raw_path} HTTP/{request.version}\r\n"]
         head.extend(f"{name}: {value}\r\n" for name, value in request.headers.items())
@@ -275,51 +324,58 @@ class ClientConnection(asyncio.Protocol):
         handler.data_received("".join(head).encode(*HEADER_ENCODING) + rest)
 
     # -- serving ---------------------------------------------------------------------------
-    def _start(self, request: Request):
-        self.response_started = False
-        self.body_bytes = 0
-        self._chunked = False
-        self._serving = self.loop.create_task(self._serve(request))
-
-    async def _serve(self, request: Request):
+    def _serve_next(self):
+        """Serve queued requests in order, one at a time. A request answered at once (the gateway's
+        own answers) is followed by the next in this loop, not by recursion."""
+        if self._dispatching:
+            return
+        self._dispatching = True
         try:
-            await self.gateway.serve(self, request)
-        except asyncio.CancelledError:
-            return
-        except ConnectionError:  # the client went away while its answer was written
-            self.abort()
-            return
-        except Exception:  # a bug must not leave the client waiting
-            log.exception("serving a request failed")
-            self.transport.abort()
-            return
+            while self._serving is None and self._queue and not self._closing:
+                request = self._serving = self._queue.popleft()
+                self.resume_reading("pipeline")
+                self.response_started = False
+                self.body_bytes = 0
+                self._chunked = False
+                try:
+                    self.gateway.serve(self, request)
+                except ConnectionError:  # the client went away while its answer was written
+                    self.abort()
+                except Exception:  # a bug must not leave the client waiting
+                    log.exception("serving a request failed")
+                    self.abort()
         finally:
-            self._serving = None
+            self._dispatching = False
+
+    def finished(self, request: Request):
+        """The gateway answered ``request``: keep the connection for the next one, or close it."""
+        if self._serving is not request:
+            return
+        self._serving = None
         if self._closing or not request.keep_alive or self.connections.draining or not request.body.eof:
             # A body left unread would be taken for the next request.
             self._close()
-            return
-        if self._queue:
-            self._start(self._queue.popleft())
-            self.resume_reading("pipeline")
+        elif self._queue:
+            self._serve_next()
         else:
             self._arm_idle()
 
     def _head(self, status: int, fields, version: str, keep_alive: bool, reason: bytes = b"") -> bytes:
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
-        for name, value in fields:
-            parts += (name, b": ", value, b"\r\n")
         if not keep_alive:
-            parts.append(b"Connection: close\r\n")
+            connection = b"Connection: close\r\n\r\n"
         elif version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            connection = b"Connection: keep-alive\r\n\r\n"
+        else:
+            connection = b"\r\n"
+        # Each field joined in C: b": ".join((name, value)).
+        return b"HTTP/1.1 %d %s\r\n%s%s%s" % (status, reason or REASONS.get(status, b"Unknown"),
+                                              b"\r\n".join(map(b": ".join, fields)), b"\r\n" if fields else b"",
+                                              connection)
 
     def respond(self, request: Request, status: int, fields: list, body: bytes = b"", reason: bytes = b"",
                 streaming: bool = False, close: bool = False, has_length: bool = False):
         """Send a response head, header fields as (name, value) bytes, with the whole body unless
-        ``streaming`` (then ``write`` and ``end``). ``has_length``: a Content-Length is among the fields."""
+        ``streaming`` (then ``send`` and ``end``). ``has_length``: a Content-Length is among the fields."""
         self.response_started = True
         bodyless = request.method == "HEAD" or status in (204, 304) or status < 200
         if close:
@@ -339,14 +395,20 @@ class ClientConnection(asyncio.Protocol):
         self.body_bytes += len(body)
         self.transport.write(head + body if body else head)
 
-    async def write(self, chunk: bytes):
+    def send(self, chunk: bytes):
+        """A piece of a streamed response body."""
         if self._closing:
-            raise ConnectionResetError("client went away")
+            return
         self.body_bytes += len(chunk)
         self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
-        if self._write_paused:
-            self._drain_waiter = self.loop.create_future()
-            await self._drain_waiter
+
+    @property
+    def writing_paused(self) -> bool:
+        """The transport's buffer is full: stop sending until ``when_drained`` calls back."""
+        return self._write_paused
+
+    def when_drained(self, callback):
+        self._drained = callback
 
     def end(self):
         if self._chunked and not self._closing:

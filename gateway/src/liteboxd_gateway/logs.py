@@ -7,6 +7,7 @@ on the loop and do not wake the thread: it writes them with the next other recor
 the GIL from the loop at every request. Access log lines are JSON objects with a request id; they
 carry no token (the query string logged is the one forwarded, carriers removed).
 """
+import collections
 import json
 import logging
 import logging.handlers
@@ -21,7 +22,10 @@ WRITE_INTERVAL = 0.1
 
 
 class JsonFormatter(logging.Formatter):
-    encoder = json.JSONEncoder(separators=(",", ":"), default=str)
+    # json.JSONEncoder.encode builds this C encoder anew for every call; records are flat, so no
+    # circular-reference bookkeeping either.
+    _encode = json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",",
+                                          False, False, True)
 
     def __init__(self):
         super().__init__()
@@ -35,14 +39,23 @@ class JsonFormatter(logging.Formatter):
             cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
 
+    def access_line(self, created: float, line) -> str:
+        """One access line as JSON: what ``format`` would make of it, with the keys written out."""
+        return ACCESS_JSON % (
+            self._time(created), _text(line.request_id), "null" if line.remote is None else _text(line.remote),
+            _text(line.method), _text(line.form), "null" if line.sandbox is None else _text(line.sandbox),
+            "null" if line.target is None else _text(line.target), line.status, line.duration_ms, line.bytes,
+            "" if line.error is None else ',"error":' + _text(line.error))
+
     def format(self, record):
-        entry = {"time": self._time(record.created), "level": record.levelname.lower(), "logger": record.name,
-                 "message": record.getMessage()}
+        if isinstance(record, AccessRecord):
+            return self.access_line(record.created, record.line)
         # Structured fields travel as ``extra={"fields": {...}}``.
-        entry.update(getattr(record, "fields", None) or {})
+        entry = {"time": self._time(record.created), "level": record.levelname.lower(), "logger": record.name,
+                 "message": record.getMessage(), **(getattr(record, "fields", None) or {})}
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return self.encoder.encode(entry)
+        return "".join(self._encode(entry, 0))
 
 
 class RecordQueue(logging.handlers.QueueHandler):
@@ -123,15 +136,57 @@ def setup(level: str = "info", stream=None) -> LogWriter:
     # Nothing logged names a thread or process: spare every record looking them up.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     writer.start()
+    global _writer  # pylint: disable=global-statement
+    _writer = writer
     return writer
 
 
+# The writer once ``setup`` routed logging to it: access lines then go to its queue directly.
+_writer = None
+
+
 access_log = logging.getLogger(ACCESS_LOGGER)
+# What one request did; ``error`` is None when nothing went wrong.
+AccessLine = collections.namedtuple("AccessLine", "request_id remote method form sandbox target status duration_ms bytes error")
+_text = json.encoder.encode_basestring_ascii
+ACCESS_JSON = ('{"time":"%s","level":"info","logger":"' + ACCESS_LOGGER + '","message":"request","request_id":%s,'
+               '"remote":%s,"method":%s,"form":%s,"sandbox":%s,"target":%s,"status":%d,"duration_ms":%r,"bytes":%d%s}')
 
 
-def access(fields: dict):
-    """Log one access line (``fields``), without the caller lookup of ``Logger.info``."""
+class AccessRecord(logging.LogRecord):
+    """The record of one access line. LogRecord's constructor works out the caller's file and
+    module names for every record; these are the same for every access line, so they are copied."""
+
+    template = None
+
+    def __init__(self, line: AccessLine):  # pylint: disable=super-init-not-called
+        template = AccessRecord.template
+        if template is None:
+            template = vars(logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None))
+            # Nothing logged names a thread or process (``setup``), and a forked worker is another process.
+            template = AccessRecord.template = {**template, "thread": None, "threadName": None, "process": None,
+                                                "processName": None}
+        self.__dict__.update(template)
+        created = time.time()
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.relativeCreated = (created - logging._startTime) * 1000  # pylint: disable=protected-access
+        self.line = line
+
+    @property
+    def fields(self) -> dict:
+        """The line as the structured fields of other records."""
+        fields = self.line._asdict()
+        if fields["error"] is None:
+            del fields["error"]
+        return fields
+
+
+def access(line: AccessLine):
+    """Log one access line. After ``setup``, the line the writer's handler would queue is queued
+    straight away: no LogRecord, no walk through the loggers and their lock."""
     if access_log.isEnabledFor(logging.INFO):
-        record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None)
-        record.fields = fields
-        access_log.handle(record)
+        if _writer is not None:
+            _writer.records.put_nowait(_writer.formatter.access_line(time.time(), line))
+        else:
+            access_log.handle(AccessRecord(line))

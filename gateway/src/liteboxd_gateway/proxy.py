@@ -15,7 +15,6 @@ import logging
 import httptools
 
 from .headers import HEADER_ENCODING, downstream_response_fields
-from .streams import ChunkStream
 
 log = logging.getLogger("liteboxd_gateway.proxy")
 # Methods whose requests carry no body unless the client framed one.
@@ -39,20 +38,12 @@ class UpstreamBroken(Exception):
     """The sandbox closed the connection or broke the protocol during an exchange."""
 
 
-class ResponseHead:
-    """Status, reason (bytes) and the header fields for the client ((name, value) bytes)."""
-
-    __slots__ = ("status", "reason", "fields", "has_length")
-
-    def __init__(self, status, reason, fields, has_length):
-        self.status, self.reason, self.fields, self.has_length = status, reason, fields, has_length
-
-
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to a sandbox, carrying one exchange at a time.
+    """One keep-alive connection to a sandbox, carrying one Forward at a time.
 
-    ``begin`` starts an exchange; ``head`` resolves with the response head, ``body.read()`` returns
-    body bytes (``b""`` at the end of the message) and raises UpstreamBroken when the sandbox broke off.
+    Its parser lives as long as the connection: llhttp reads one message after the other (an
+    answer to HEAD, whose body llhttp would wait for, ends the connection's reuse). The Forward
+    hears of the response through ``head``, ``body`` and, once a read has been parsed, ``parsed``.
     """
 
     def __init__(self, loop, address):
@@ -61,27 +52,25 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = None
         self.closed = False
         self.idle_since = 0.0
-        self._parser = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.forward = None
         self._head_only = False
         self._reason = b""
-        self._headers = []
-        self._until_close = False
-        self.head = None
-        self.body = ChunkStream(loop, self._pause_reading, self._resume_reading)
+        self._fields = []
+        self.head_received = False
+        self.until_close = False
         self.complete = False
         self.reusable = False
         self._drain_waiter = None
         self._writing_paused = False
 
     # -- exchange --------------------------------------------------------------------------
-    def begin(self, data: bytes, head_only: bool):
-        """Send a request head (and maybe its whole body); expect one response."""
-        self._parser = httptools.HttpResponseParser(self)
+    def begin(self, forward, data: bytes, head_only: bool):
+        """Send a request head (and maybe its whole body); ``forward`` hears of the response."""
+        self.forward = forward
         self._head_only = head_only
-        self._reason, self._headers = b"", []
-        self.head = self.loop.create_future()
-        self.body = ChunkStream(self.loop, self._pause_reading, self._resume_reading)
-        self.complete = self.reusable = False
+        self._reason, self._fields = b"", []
+        self.head_received = self.until_close = self.complete = self.reusable = False
         self.transport.write(data)
 
     def write(self, data: bytes):
@@ -95,9 +84,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter = self.loop.create_future()
             await self._drain_waiter
 
-    def read_buffered(self):
-        """The whole body when it has already arrived complete, else None (then stream with ``read``)."""
-        return self.body.take() if self.complete else None
+    def pause_reading(self):
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self):
+        if not self.closed:
+            self.transport.resume_reading()
 
     def close(self):
         self.reusable = False
@@ -105,36 +98,31 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
-    def _wake(self, waiter, error=None):
-        if waiter is not None and not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-
     def _fail(self, error):
-        if not self.body.eof:  # neither complete nor failed already
-            self.body.finish(error)
-            if self.head is not None and not self.head.done():
-                self.head.set_exception(error)
-                self.head.exception()  # a client gone before the head leaves nobody to await it
+        """The exchange broke off: tell the Forward (once) and drop the connection."""
+        forward, self.forward = self.forward, None
         self.close()
+        if forward is not None and not self.complete:
+            forward.failed(error)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
 
     def data_received(self, data):
-        if self._parser is None or self.complete:
+        forward = self.forward
+        if forward is None or self.complete:
             # Bytes nobody asked for: the connection can no longer be trusted.
             self._fail(UpstreamBroken("unexpected data from the sandbox"))
             return
         try:
-            self._parser.feed_data(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamBroken("sandbox switched protocols on a plain request"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamBroken(f"malformed response: {exc}"))
+        if self.complete or (self.head_received and not self.closed):
+            forward.parsed()
 
     def eof_received(self):
         self._end_of_stream()
@@ -143,62 +131,57 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closed = True
         self._end_of_stream()
-        self._wake(self._drain_waiter, UpstreamBroken("connection lost"))
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(UpstreamBroken("connection lost"))
 
     def _end_of_stream(self):
         self.reusable = False
-        if self._until_close and self.head is not None and self.head.done() and not self.complete:
-            self.on_message_complete()
+        forward = self.forward
+        if forward is not None and self.until_close and self.head_received and not self.complete:
+            self.on_message_complete()  # a body without length ends with the connection
+            forward.parsed()
         else:
             self._fail(UpstreamBroken("sandbox closed the connection"))
-
-    def _pause_reading(self):
-        if not self.closed:
-            self.transport.pause_reading()
-
-    def _resume_reading(self):
-        if not self.closed:
-            self.transport.resume_reading()
 
     def pause_writing(self):
         self._writing_paused = True
 
     def resume_writing(self):
         self._writing_paused = False
-        self._wake(self._drain_waiter)
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_status(self, reason: bytes):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes):
-        self._headers.append((name, value))
+        self._fields.append((name, value))
 
     def on_headers_complete(self):
-        status = self._parser.get_status_code()
-        if 100 <= status < 200:
+        status = self.parser.get_status_code()
+        if status < 200:
             # Informational answers (100 Continue, 103 Early Hints) precede the real one.
-            self._headers, self._reason = [], b""
+            self._fields, self._reason = [], b""
             return
-        fields, has_length, framed = downstream_response_fields(self._headers)
-        self._until_close = not framed and status not in (204, 304) and not self._head_only
-        self.head.set_result(ResponseHead(status, self._reason, fields, has_length))
+        fields, has_length, framed = downstream_response_fields(self._fields)
+        self.until_close = not framed and status not in (204, 304) and not self._head_only
+        self.head_received = True
+        self.forward.head(status, self._reason, fields, has_length)
         if self._head_only:
             # llhttp would wait for the Content-Length body a HEAD answer never has.
             self.on_message_complete()
 
     def on_body(self, body: bytes):
-        if self.complete:
-            return
-        self.body.feed(body)
+        if not self.complete:
+            self.forward.body(body)
 
     def on_message_complete(self):
-        if self.head is None or not self.head.done() or self.complete:
+        if not self.head_received or self.complete:
             return  # the end of an informational answer
         self.complete = True
-        self.reusable = (not self._head_only and not self._until_close and not self.closed
-                         and self._parser.should_keep_alive())
-        self.body.finish()
+        self.reusable = (not self._head_only and not self.until_close and not self.closed
+                         and self.parser.should_keep_alive())
 
 
 class UpstreamPool:
@@ -211,8 +194,9 @@ class UpstreamPool:
         self.idle = {}
         self._sweeper = self.loop.call_later(config.upstream_idle_timeout, self._sweep)
 
-    async def acquire(self, host: str, port: int) -> UpstreamConnection:
-        stack = self.idle.get((host, port))
+    def take_idle(self, address):
+        """An idle connection to ``address`` (host, port), or None."""
+        stack = self.idle.get(address)
         if stack:
             now = self.loop.time()
             while stack:
@@ -220,15 +204,16 @@ class UpstreamPool:
                 if not connection.closed and now - connection.idle_since < self.config.upstream_idle_timeout:
                     return connection
                 connection.close()
-        return await self._connect(host, port)
+        return None
 
-    async def _connect(self, host, port):
+    async def connect(self, address) -> UpstreamConnection:
+        host, port = address
         attempts = 1 + self.config.upstream_connect_retries
         for attempt in range(attempts):
             try:
                 async with asyncio.timeout(self.config.upstream_connect_timeout):
                     _unused, connection = await self.loop.create_connection(
-                        lambda: UpstreamConnection(self.loop, (host, port)), host, port)
+                        lambda: UpstreamConnection(self.loop, address), host, port)
                 return connection
             except TimeoutError:
                 raise UpstreamError(504, "connect_timeout", f"connect to {host}:{port} timed out") from None
@@ -240,9 +225,14 @@ class UpstreamPool:
         raise AssertionError("unreachable")
 
     def release(self, connection: UpstreamConnection):
+        connection.forward = None
         if connection.reusable and not connection.closed:
             connection.idle_since = self.loop.time()
-            self.idle.setdefault(connection.address, []).append(connection)
+            stack = self.idle.get(connection.address)
+            if stack is None:
+                self.idle[connection.address] = [connection]
+            else:
+                stack.append(connection)
         else:
             connection.close()
 
@@ -267,29 +257,202 @@ class UpstreamPool:
         self.idle.clear()
 
 
-def request_head(method: str, target: str, host: str, headers, chunked: bool) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-    if chunked:
-        lines.append("Transfer-Encoding: chunked\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode(*HEADER_ENCODING)
+def request_head(method: str, target: str, host: str, fields, request_id: str, framing: str) -> bytes:
+    """The request head for the sandbox: ``fields`` as (name, value) text, then X-Request-Id and
+    ``framing`` (a Content-Length or Transfer-Encoding line, or nothing)."""
+    return (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join([f"{name}: {value}\r\n" for name, value in fields])
+            + f"X-Request-Id: {request_id}\r\n{framing}\r\n").encode(*HEADER_ENCODING)
 
 
 def host_header(pod_ip: str, port: int) -> str:
     return f"[{pod_ip}]:{port}" if ":" in pod_ip else f"{pod_ip}:{port}"
 
 
+class Forward:
+    """One request on its way to a sandbox and its answer on the way back to the client.
+
+    Driven by the Protocols' callbacks: with an idle pooled connection and the request body
+    already received (the common case) no task is involved; a task only connects or streams a
+    request body up. The answer leaves in one write when it arrived complete in one read, else
+    the head goes first and body chunks follow as they arrive (a client that cannot keep up
+    pauses reading from the sandbox). ``done(forward)`` is called once at the end, unless
+    cancelled; then ``error`` is the UpstreamError or ClientBodyTimeout to answer, if the client
+    has had no answer yet, and ``status`` the status the sandbox answered.
+    """
+
+    __slots__ = ("proxy", "client", "request", "address", "data", "streaming", "chunked", "request_id",
+                 "done", "connection", "task", "status", "error", "_reason", "_fields", "_has_length",
+                 "_chunks", "_answering", "_finished", "_body_sent", "_timer", "_last_read", "_paused")
+
+    def __init__(self, proxy, client, request, address, data, streaming, chunked, request_id, done):
+        self.proxy, self.client, self.request, self.address = proxy, client, request, address
+        self.data, self.streaming, self.chunked, self.request_id, self.done = data, streaming, chunked, request_id, done
+        self.connection = self.task = self.error = self._timer = None
+        self.status = 0
+        self._reason = b""
+        self._fields = None
+        self._has_length = False
+        self._chunks = []
+        self._answering = self._finished = self._paused = False
+        self._body_sent = not streaming
+        self._last_read = 0.0
+
+    def start(self):
+        connection = None if self.streaming else self.proxy.pool.take_idle(self.address)
+        if connection is not None:
+            self._send(connection)
+        else:
+            self.task = self.proxy.loop.create_task(self._connect_and_send())
+
+    def cancel(self):
+        """The client went away: stop, without calling ``done``."""
+        self._finished = True
+        if self.task is not None:
+            self.task.cancel()
+        self._stop(reusable=False)
+
+    def _send(self, connection):
+        self.connection = connection
+        connection.begin(self, self.data, self.request.method == "HEAD")
+        self.data = b""
+        if not self.streaming:
+            self._arm_read_timeout()
+
+    async def _connect_and_send(self):
+        connection = self.proxy.pool.take_idle(self.address)
+        if connection is None:
+            try:
+                connection = await self.proxy.pool.connect(self.address)
+            except UpstreamError as exc:
+                self._finish(exc)
+                return
+            if self._finished:  # cancelled while connecting
+                self.proxy.pool.release(connection)
+                return
+        self._send(connection)
+        if self.streaming:
+            try:
+                await self.proxy.send_body(connection, self.request.body, self.chunked)
+            except ClientBodyTimeout as exc:
+                # Answered 408 unless the sandbox answered first; the connection is not reused.
+                if not self._answering and not self._finished:
+                    self._finish(exc)
+                return
+            except (UpstreamBroken, ConnectionError):
+                return  # the sandbox broke off (its connection reports it) or the client left (it cancels)
+            self._body_sent = True
+            self._arm_read_timeout()
+
+    # -- the read timeout: a timer per exchange, re-armed by reads --------------------------------
+    def _arm_read_timeout(self):
+        timeout = self.proxy.config.upstream_read_timeout
+        if timeout and not self._finished:
+            self._last_read = self.proxy.loop.time()
+            self._timer = self.proxy.loop.call_at(self._last_read + timeout, self._check_read_timeout)
+
+    def _check_read_timeout(self):
+        loop, timeout = self.proxy.loop, self.proxy.config.upstream_read_timeout
+        if self._paused:  # held back by a slow client, not by the sandbox
+            self._last_read = loop.time()
+        if loop.time() - self._last_read < timeout:
+            self._timer = loop.call_at(self._last_read + timeout, self._check_read_timeout)
+            return
+        self._timer = None
+        self.failed(UpstreamError(504, "read_timeout", "sandbox did not answer in time"))
+
+    # -- from the UpstreamConnection ------------------------------------------------------------
+    def head(self, status, reason, fields, has_length):
+        self.status, self._reason, self._has_length = status, reason, has_length
+        fields.append((b"X-Request-Id", self.request_id.encode()))
+        self._fields = fields
+
+    def body(self, chunk: bytes):
+        if self._answering:
+            self.client.send(chunk)
+        else:
+            self._chunks.append(chunk)
+
+    def parsed(self):
+        """A read was parsed: answer when the response is complete, else stream what came."""
+        if self._finished:
+            return
+        if self._timer is not None:
+            self._last_read = self.proxy.loop.time()
+        connection, client = self.connection, self.client
+        if connection.complete:
+            if self._answering:
+                client.end()
+            else:
+                whole = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                client.respond(self.request, self.status, self._fields, whole, self._reason,
+                               has_length=self._has_length)
+            self._finish(None)
+            return
+        if not self._answering:
+            self._answering = True
+            client.respond(self.request, self.status, self._fields, reason=self._reason, streaming=True,
+                           has_length=self._has_length)
+            for chunk in self._chunks:
+                client.send(chunk)
+            self._chunks = None
+        if client.writing_paused and not self._paused:
+            self._paused = True
+            connection.pause_reading()
+            client.when_drained(self._client_drained)
+
+    def _client_drained(self):
+        if self._paused and not self._finished:
+            self._paused = False
+            self.connection.resume_reading()
+
+    def failed(self, error):
+        """The sandbox broke off, broke the protocol or did not answer in time."""
+        if self._finished:
+            return
+        if isinstance(error, UpstreamBroken):
+            error = UpstreamError(502, "protocol", f"sandbox request failed: {error}")
+        if not self._answering:
+            self._finish(error)
+            return
+        # Headers are out: the only honest signal left is to cut the client connection, so a
+        # truncated body is never mistaken for a complete one.
+        self.proxy.metrics.upstream_errors.inc("body")
+        log.info("sandbox response broke off: %s", error)
+        self.client.abort()
+        self._finish(None)
+
+    def _finish(self, error):
+        self._finished = True
+        self.error = error
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()  # the sandbox answered before the whole request body went up
+        # A connection is reused only after a whole request and a whole response.
+        self._stop(reusable=error is None and self._body_sent)
+        self.done(self)
+
+    def _stop(self, reusable: bool):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            if not reusable or not connection.complete:
+                connection.close()
+            self.proxy.pool.release(connection)
+
+
 class HttpProxy:
     def __init__(self, config, metrics):
         self.config = config
         self.metrics = metrics
+        self.loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(config, metrics)
 
     def close(self):
         self.pool.close()
 
-    async def _send_body(self, connection, body, chunked: bool):
+    async def send_body(self, connection, body, chunked: bool):
         timeout = self.config.client_body_timeout
         while True:
             try:
@@ -304,89 +467,28 @@ class HttpProxy:
         if chunked:
             connection.write(b"0\r\n\r\n")
 
-    async def _wait(self, awaitable):
-        if self.config.upstream_read_timeout:
-            try:
-                async with asyncio.timeout(self.config.upstream_read_timeout):
-                    return await awaitable
-            except TimeoutError:
-                raise UpstreamError(504, "read_timeout", "sandbox did not answer in time") from None
-        return await awaitable
-
-    async def _response_head(self, connection, sender):
-        """Wait for the response head while the body goes up; a stalled client body wins."""
-        if sender is not None:
-            await asyncio.wait((sender, connection.head), return_when=asyncio.FIRST_COMPLETED)
-            if sender.done() and not sender.cancelled() and isinstance(sender.exception(), ClientBodyTimeout):
-                raise ClientBodyTimeout()
-        try:
-            return await self._wait(connection.head)
-        except UpstreamBroken as exc:
-            raise UpstreamError(502, "protocol", f"sandbox request failed: {exc}") from None
-
-    async def forward(self, client, request, pod_ip: str, port: int, target: str, headers, request_id: str) -> int:
-        """Send the request to the sandbox and its answer to the client; returns the status.
-
-        Raises UpstreamError or ClientBodyTimeout only while the client has had no answer yet.
-        """
+    def forward(self, client, request, pod_ip: str, port: int, target: str, fields, request_id: str, done) -> Forward:
+        """The Forward (to ``start``) of a request to the sandbox and of its answer to the client;
+        ``fields``: the request's header fields as (name, value) text, without framing."""
         method = request.method
         body = b""
-        streaming = False
-        chunked = False
+        streaming = chunked = False
+        framing = ""
         if request.has_body:
-            if "100-continue" in request.headers.get("Expect", "").lower() and not request.body.eof:
+            if not request.body.eof and "100-continue" in request.headers.get("Expect", "").lower():
                 client.write_continue()
-            chunked = "Content-Length" not in headers
             if request.body.eof:
                 # The whole body is already here: send it with the head, framed by its length.
                 body = request.body.take()
-                if chunked:
-                    headers["Content-Length"] = str(len(body))
-                    chunked = False
+                if not request.has_length:
+                    framing = f"Content-Length: {len(body)}\r\n"
             else:
                 streaming = True
-        elif method not in BODYLESS_METHODS and "Content-Length" not in headers:
-            headers["Content-Length"] = "0"
-        head = request_head(method, target, host_header(pod_ip, port), headers, chunked)
-
-        connection = await self.pool.acquire(pod_ip, port)
-        sender = None
-        complete = False
-        try:
-            connection.begin(head + body if body else head, method == "HEAD")
-            if streaming:
-                sender = asyncio.get_running_loop().create_task(self._send_body(connection, request.body, chunked))
-            upstream = await self._response_head(connection, sender)
-            fields = upstream.fields
-            fields.append((b"X-Request-Id", request_id.encode()))
-            whole = connection.read_buffered()
-            if whole is not None:
-                # Small answers arrive complete: headers and body leave in one write.
-                client.respond(request, upstream.status, fields, whole, upstream.reason, has_length=upstream.has_length)
-                complete = True
-                return upstream.status
-            client.respond(request, upstream.status, fields, reason=upstream.reason, streaming=True,
-                           has_length=upstream.has_length)
-            try:
-                while chunk := await self._wait(connection.body.read()):
-                    await client.write(chunk)
-            except (UpstreamBroken, UpstreamError) as exc:
-                # Headers are out: the only honest signal left is to cut the client connection,
-                # so a truncated body is never mistaken for a complete one.
-                self.metrics.upstream_errors.inc("body")
-                log.info("sandbox response broke off: %s", exc)
-                client.abort()
-                return upstream.status
-            client.end()
-            complete = True
-            return upstream.status
-        finally:
-            if sender is not None:
-                if not sender.done():
-                    sender.cancel()
-                    connection.close()
-                elif not sender.cancelled() and sender.exception() is not None:
-                    connection.close()  # the body did not all go up
-            if not complete:
-                connection.close()
-            self.pool.release(connection)
+                if not request.has_length:
+                    chunked = True
+                    framing = "Transfer-Encoding: chunked\r\n"
+        elif method not in BODYLESS_METHODS and not request.has_length:
+            framing = "Content-Length: 0\r\n"
+        head = request_head(method, target, host_header(pod_ip, port), fields, request_id, framing)
+        return Forward(self, client, request, (pod_ip, port), head + body if body else head, streaming, chunked,
+                       request_id, done)

@@ -104,11 +104,21 @@ def _from_path(raw_target: str):
     if len(parts) < 3 or parts[1] != "port":
         raise RouteError("expected /sandbox/<id>/port/<port>/<path>")
     sandbox_id, port = parts[0], parts[2]
-    if not SANDBOX_ID_RE.fullmatch(sandbox_id) or not PORT_RE.fullmatch(port) or int(port) > 65535:
-        raise RouteError("expected /sandbox/<id>/port/<port>/<path> with a Pod name and a port")
+    checked = _checked_paths.get((sandbox_id, port))
+    if checked is None:
+        if not SANDBOX_ID_RE.fullmatch(sandbox_id) or not PORT_RE.fullmatch(port) or int(port) > 65535:
+            raise RouteError("expected /sandbox/<id>/port/<port>/<path> with a Pod name and a port")
+        if len(_checked_paths) >= CHECKED_PATHS:
+            _checked_paths.clear()
+        checked = _checked_paths[(sandbox_id, port)] = (int(port), f"{PATH_PREFIX}{sandbox_id}/port/{port}")
     rest = "/" + parts[3] if len(parts) == 4 else "/"
-    prefix = f"{PATH_PREFIX}{sandbox_id}/port/{port}"
-    return sandbox_id, int(port), rest + sep + query, prefix
+    return sandbox_id, checked[0], rest + sep + query, checked[1]
+
+
+# Sandbox id and port texts of path-form targets already found valid -> (port, prefix): the same
+# few sandboxes are named request after request.
+CHECKED_PATHS = 4096
+_checked_paths = {}
 
 
 def resolve(raw_target: str, headers, domain: str = ""):

@@ -1,8 +1,8 @@
 """Body bytes handed from a Protocol's callbacks to the one task that reads them.
 
-Both sides of the proxy use it: the request body arriving from the client (``http1.py``) and the
-response body arriving from the sandbox (``proxy.py``). Reading from the producing transport pauses
-while more than ``HIGH_WATER`` bytes wait, so a slow reader holds back a fast sender.
+A request body arriving from the client (``http1.py``) is read by the task sending it to the
+sandbox (``proxy.py``; response bodies go from callback to callback). Reading from the producing
+transport pauses while more than ``HIGH_WATER`` bytes wait, so a slow reader holds back a fast sender.
 """
 import collections
 
