@@ -33,6 +33,21 @@ def next_loopback() -> str:
 
 
 # -- upstream servers -------------------------------------------------------------------------
+def ws_url(gateway, sandbox, rest="/ws"):
+    return gateway.url.replace("http://", "ws://") + sandbox.path(rest)
+
+
+async def assert_echoes(ws):
+    """Text, binary and a burst of pushes through a WebSocket to an Upstream's /ws echo."""
+    await ws.send_str("hello ✓")
+    assert (await ws.receive()).data == "hello ✓"
+    await ws.send_bytes(b"\x00\x01binary")
+    assert (await ws.receive()).data == b"\x00\x01binary"
+    await ws.send_str("push 3")
+    assert [(await ws.receive()).data for _unused in range(3)] == ["push 0", "push 1", "push 2"]
+
+
+
 class Upstream:
     """An aiohttp server standing in for a sandbox's workload, recording what reached it."""
 

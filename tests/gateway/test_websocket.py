@@ -4,9 +4,7 @@ import asyncio
 import aiohttp
 import pytest
 
-
-def ws_url(gateway, sandbox, rest="/ws"):
-    return gateway.url.replace("http://", "ws://") + sandbox.path(rest)
+from tests.gateway.conftest import assert_echoes, ws_url
 
 
 async def test_echo_text_and_binary_with_subprotocol_chosen_by_upstream(gateway_factory, sandbox_factory, http):
@@ -15,12 +13,7 @@ async def test_echo_text_and_binary_with_subprotocol_chosen_by_upstream(gateway_
     async with http.ws_connect(ws_url(gateway, sandbox), protocols=("chat.v3", "chat.v1"),
                                headers={"X-Access-Token": sandbox.token}) as ws:
         assert ws.protocol == "chat.v1"  # the one the upstream accepted, not the client's first
-        await ws.send_str("hello ✓")
-        assert (await ws.receive()).data == "hello ✓"
-        await ws.send_bytes(b"\x00\x01binary")
-        assert (await ws.receive()).data == b"\x00\x01binary"
-        await ws.send_str("push 3")
-        assert [(await ws.receive()).data for _unused in range(3)] == ["push 0", "push 1", "push 2"]
+        await assert_echoes(ws)
     path, headers, protocol = sandbox.upstream.ws_seen[0]
     assert protocol == "chat.v1"
     assert "X-Access-Token" not in headers

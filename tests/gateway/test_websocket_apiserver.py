@@ -23,7 +23,7 @@ import yaml
 from aiohttp import web
 
 from liteboxd_gateway import config as config_module
-from tests.gateway.conftest import Sandbox, Upstream, next_loopback
+from tests.gateway.conftest import Sandbox, Upstream, assert_echoes, next_loopback, ws_url
 from tests.gateway.test_role_cluster import run_role
 from tests.lib.netns import Netns
 
@@ -134,10 +134,6 @@ def write_kubeconfig(path, kube_apiserver, user: dict) -> str:
     return str(path)
 
 
-def ws_url(gateway, sandbox, rest="/ws"):
-    return gateway.url.replace("http://", "ws://") + sandbox.path(rest)
-
-
 async def handshake_error(http, url, **kwargs):
     """The gateway's answer to a refused handshake: (status, error message)."""
     async with http.get(url, headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
@@ -157,12 +153,7 @@ async def test_relay_through_the_pod_proxy_matches_direct_mode(gateway_factory, 
             async with client.ws_connect(ws_url(gateway, sandbox, "/ws"), protocols=CLIENT_PROTOCOLS,
                                          headers=headers) as ws:
                 assert ws.protocol == "chat.v1"  # the sandbox's choice, through the API server too
-                await ws.send_str("hello ✓")
-                assert (await ws.receive()).data == "hello ✓"
-                await ws.send_bytes(b"\x00\x01binary")
-                assert (await ws.receive()).data == b"\x00\x01binary"
-                await ws.send_str("push 3")
-                assert [(await ws.receive()).data for _unused in range(3)] == ["push 0", "push 1", "push 2"]
+                await assert_echoes(ws)
     (direct_path, direct_headers, direct_protocol), (path, seen, protocol) = sandbox.upstream.ws_seen
     assert (path, protocol) == (direct_path, direct_protocol) == ("/ws", "chat.v1")
 
