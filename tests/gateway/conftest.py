@@ -47,7 +47,6 @@ async def assert_echoes(ws):
     assert [(await ws.receive()).data for _unused in range(3)] == ["push 0", "push 1", "push 2"]
 
 
-
 class Upstream:
     """An aiohttp server standing in for a sandbox's workload, recording what reached it."""
 
