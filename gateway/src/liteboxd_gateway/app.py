@@ -265,14 +265,11 @@ class Gateway:
         if forward is None:
             return  # answered already
         exchange.forward = None
-        exchange.request.exchange = None
         forward.cancel()
         self._release(exchange)
         exchange.status = exchange.status or 499
         exchange.error = exchange.error or "client went away"
-        exchange.bytes = exchange.client.body_bytes
-        self._account(exchange, exchange.request.method, exchange.client.peer_host,
-                      self.proxy.loop.time() - exchange.started)
+        self._account_http(exchange)
 
     def _release(self, exchange):
         if exchange.holding:
@@ -280,12 +277,16 @@ class Gateway:
             self.metrics.active_requests.add(-1)
             self.limits.release(exchange.sandbox_id)
 
-    def _served(self, exchange):
+    def _account_http(self, exchange):
+        """Account an HTTP exchange that is over, answered or abandoned."""
         client, request = exchange.client, exchange.request
         request.exchange = None  # no reference cycle: both go as soon as the client is done with them
         exchange.bytes = client.body_bytes
         self._account(exchange, request.method, client.peer_host, self.proxy.loop.time() - exchange.started)
-        client.finished(request)
+
+    def _served(self, exchange):
+        self._account_http(exchange)
+        exchange.client.finished(exchange.request)
 
     # -- WebSocket upgrades, from aiohttp's server ---------------------------------------------
     async def handle_websocket(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from .proxy import UpstreamError
+from .proxy import UpstreamError, host_header
 
 log = logging.getLogger("liteboxd_gateway.websocket")
 DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
@@ -37,10 +37,6 @@ def _handshake_session(ssl, config) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.upstream_connect_timeout),
                                  skip_auto_headers=CLIENT_AUTO_HEADERS,
                                  cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
-
-
-def pod_authority(pod_ip: str, port: int) -> str:
-    return f"[{pod_ip}]:{port}" if ":" in pod_ip else f"{pod_ip}:{port}"
 
 
 def is_api_credential(name: str) -> bool:
@@ -61,7 +57,7 @@ class DirectUpstream:
         await self.session.close()
 
     async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, headers) -> URL:
-        return URL(f"http://{pod_authority(pod_ip, port)}{target}", encoded=True)
+        return URL(f"http://{host_header(pod_ip, port)}{target}", encoded=True)
 
     def describe(self) -> str:
         return "direct to the Pod IP"
@@ -95,7 +91,7 @@ class ApiServerUpstream:
         except OSError as exc:  # the service-account token file, which the kubelet rotates
             raise UpstreamError(502, "credentials", f"cannot read the gateway's API credentials: {exc}") from exc
         # The API server passes Host on: give the sandbox the one a direct handshake carries.
-        headers["Host"] = pod_authority(pod_ip, port)
+        headers["Host"] = host_header(pod_ip, port)
         # Go writes its own User-Agent on a request without one, and none for an empty one.
         headers.setdefault("User-Agent", "")
         return URL(f"{self.pods_url}/{pod_name}:{port}/proxy{target}", encoded=True)
