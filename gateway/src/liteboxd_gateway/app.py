@@ -278,11 +278,14 @@ class Gateway:
             self.limits.release(exchange.sandbox_id)
 
     def _account_http(self, exchange):
-        """Account an HTTP exchange that is over, answered or abandoned."""
-        client, request = exchange.client, exchange.request
-        request.exchange = None  # no reference cycle: both go as soon as the client is done with them
-        exchange.bytes = client.body_bytes
-        self._account(exchange, request.method, client.peer_host, self.proxy.loop.time() - exchange.started)
+        """Account an HTTP exchange that is over, answered or abandoned, once the answer has left."""
+        exchange.request.exchange = None  # no reference cycle: both go as soon as the client is done with them
+        exchange.bytes = exchange.client.body_bytes  # now: the connection may go on to its next request
+        self.proxy.held_writes.after(self._account_written, exchange)
+
+    def _account_written(self, exchange):
+        self._account(exchange, exchange.request.method, exchange.client.peer_host,
+                      self.proxy.loop.time() - exchange.started)
 
     def _served(self, exchange):
         self._account_http(exchange)

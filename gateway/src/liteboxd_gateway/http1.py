@@ -8,8 +8,9 @@ or malformed Content-Length, a Transfer-Encoding that does not end in chunked, o
 whitespace before a colon. Such a request gets 400 and the connection closes. Heads are bounded: the request-target and each header
 field by ``--max-header-size``, the number of fields by ``--max-headers``, and the time to send a
 head (or to idle between requests) by ``--client-idle-timeout``. Responses leave in as few writes
-as possible: a complete answer is one write; a streamed one is framed by the sandbox's
-Content-Length, else chunked. WebSocket upgrades are handed, connection and all, to aiohttp's
+as possible: a complete answer is one piece, and what the connection writes during one pass of the
+event loop leaves in one write at its end (``writes.py``); a streamed answer is framed by the
+sandbox's Content-Length, else chunked. WebSocket upgrades are handed, connection and all, to aiohttp's
 server, which runs the relay (``websocket.py``).
 """
 import asyncio
@@ -22,6 +23,7 @@ from multidict import CIMultiDict
 
 from .headers import HEADER_ENCODING, is_websocket_upgrade
 from .streams import ChunkStream
+from .writes import HeldWriter
 
 log = logging.getLogger("liteboxd_gateway.http1")
 # Requests parsed ahead of the one being served before reading pauses.
@@ -92,8 +94,9 @@ class ClientConnections:
                     connection.transport.abort()
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection: parse heads, serve each request through the gateway, write answers."""
+class ClientConnection(HeldWriter, asyncio.Protocol):
+    """One client connection: parse heads, serve each request through the gateway, write answers
+    (held to the end of the event loop's pass, ``writes.py``)."""
 
     def __init__(self, gateway, connections: ClientConnections, websocket_server):
         self.gateway = gateway
@@ -104,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         self.max_head_bytes = self.max_header_size * (self.max_headers + 2)
         self.connections = connections
         self.websocket_server = websocket_server
+        self.held_writes = gateway.proxy.held_writes
         self.loop = asyncio.get_running_loop()
         self.transport = None
         self.peer_host = ""
@@ -138,6 +142,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self._closing = True
+        self._drop_held()
         self.connections.discard(self)
         self._stop_idle_timer()
         if self._parsing is not None:
@@ -179,8 +184,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self):
         if not self._closing:
+            self.write_held()
             self._closing = True
             self.transport.close()
+
+    def _can_write(self) -> bool:
+        return not self._closing
 
     # One timer per connection, re-armed from when the connection last became idle: a request
     # only stamps the time instead of creating and cancelling a timer.
@@ -290,11 +299,9 @@ class ClientConnection(asyncio.Protocol):
         self._stop_idle_timer()
         self.gateway.metrics.rejected.inc("bad_request")
         body = ('{"error": "%s"}' % message.replace('"', "'")).encode()
-        self._closing = True
-        self.transport.write(self._head(status, [(b"Content-Type", b"application/json"),
-                                                 (b"Cache-Control", b"no-store"),
-                                                 (b"Content-Length", b"%d" % len(body))], "1.1", False) + body)
-        self.transport.close()
+        self._write(self._head(status, [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"),
+                                        (b"Content-Length", b"%d" % len(body))], "1.1", False) + body)
+        self._close()
 
     def _switch_protocols(self, rest: bytes):
         request, self._upgrade = self._upgrade, None
@@ -317,6 +324,7 @@ class ClientConnection(asyncio.Protocol):
         head = [f"{request.method} {request.raw_path} HTTP/{request.version}\r\n"]
         head.extend(f"{name}: {value}\r\n" for name, value in request.headers.items())
         head.append("\r\n")
+        self.write_held()  # the answers to earlier requests go before the switch
         handler = self.websocket_server()
         self.transport.set_protocol(handler)
         self.transport.resume_reading()
@@ -393,14 +401,14 @@ class ClientConnection(asyncio.Protocol):
         if bodyless:
             body = b""
         self.body_bytes += len(body)
-        self.transport.write(head + body if body else head)
+        self._write(head + body if body else head)
 
     def send(self, chunk: bytes):
         """A piece of a streamed response body."""
         if self._closing:
             return
         self.body_bytes += len(chunk)
-        self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
+        self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
 
     @property
     def writing_paused(self) -> bool:
@@ -412,11 +420,12 @@ class ClientConnection(asyncio.Protocol):
 
     def end(self):
         if self._chunked and not self._closing:
-            self.transport.write(b"0\r\n\r\n")
+            self._write(b"0\r\n\r\n")
 
     def write_continue(self):
-        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def abort(self):
         self._closing = True
+        self._drop_held()
         self.transport.abort()

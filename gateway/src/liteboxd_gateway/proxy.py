@@ -15,6 +15,7 @@ import logging
 import httptools
 
 from .headers import HEADER_ENCODING, downstream_response_fields
+from .writes import HeldWrites, HeldWriter
 
 log = logging.getLogger("liteboxd_gateway.proxy")
 # Methods whose requests carry no body unless the client framed one.
@@ -38,17 +39,19 @@ class UpstreamBroken(Exception):
     """The sandbox closed the connection or broke the protocol during an exchange."""
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to a sandbox, carrying one Forward at a time.
+class UpstreamConnection(HeldWriter, asyncio.Protocol):
+    """One keep-alive connection to a sandbox, carrying one Forward at a time; its writes are
+    held to the end of the event loop's pass (``writes.py``).
 
     Its parser lives as long as the connection: llhttp reads one message after the other (an
     answer to HEAD, whose body llhttp would wait for, ends the connection's reuse). The Forward
     hears of the response through ``head``, ``body`` and, once a read has been parsed, ``parsed``.
     """
 
-    def __init__(self, loop, address):
+    def __init__(self, loop, address, held_writes):
         self.loop = loop
         self.address = address
+        self.held_writes = held_writes
         self.transport = None
         self.closed = False
         self.idle_since = 0.0
@@ -71,11 +74,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._reason, self._fields = b"", []
         self.head_received = self.until_close = self.complete = self.reusable = False
-        self.transport.write(data)
+        self._write(data)
 
     def write(self, data: bytes):
         if not self.closed:
-            self.transport.write(data)
+            self._write(data)
+
+    def _can_write(self) -> bool:
+        return not self.closed
 
     async def drain(self):
         if self.closed:
@@ -93,7 +99,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self):
+        """Close now: bytes still held were for an exchange given up."""
         self.reusable = False
+        self._drop_held()
         if not self.closed:
             self.closed = True
             self.transport.close()
@@ -187,10 +195,11 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections per sandbox address; idle ones are closed after ``idle_timeout``."""
 
-    def __init__(self, config, metrics):
+    def __init__(self, config, metrics, held_writes):
         self.config = config
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
+        self.held_writes = held_writes
         self.idle = {}
         self._sweeper = self.loop.call_later(config.upstream_idle_timeout, self._sweep)
 
@@ -213,7 +222,7 @@ class UpstreamPool:
             try:
                 async with asyncio.timeout(self.config.upstream_connect_timeout):
                     _unused, connection = await self.loop.create_connection(
-                        lambda: UpstreamConnection(self.loop, address), host, port)
+                        lambda: UpstreamConnection(self.loop, address, self.held_writes), host, port)
                 return connection
             except TimeoutError:
                 raise UpstreamError(504, "connect_timeout", f"connect to {host}:{port} timed out") from None
@@ -447,7 +456,9 @@ class HttpProxy:
         self.config = config
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
-        self.pool = UpstreamPool(config, metrics)
+        # The writes of client and sandbox connections alike, made during one pass of the loop.
+        self.held_writes = HeldWrites(self.loop)
+        self.pool = UpstreamPool(config, metrics, self.held_writes)
 
     def close(self):
         self.pool.close()
