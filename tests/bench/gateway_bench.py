@@ -2,9 +2,12 @@
 
 A script, not a test: it prints tables. Everything runs on 127.0.0.1 on this machine:
 - upstream: nginx (one worker) serving 1 KiB and 64 KiB files, and an aiohttp WebSocket echo server;
-- proxies: liteboxd-gateway (one process unless --workers, uvloop, access log on) fed by a real
-  kube-apiserver, and nginx (worker_processes 1) as the equivalent reverse proxy with upstream
-  keep-alive, so the default run compares one process with one process;
+- proxies: liteboxd-gateway (one process unless --workers, uvloop) fed by a real kube-apiserver,
+  and nginx (worker_processes 1) as the equivalent reverse proxy: upstream keep-alive, the same
+  path route (prefix stripped), the token header checked (401 otherwise), a request id sent up and
+  back, X-Forwarded-For/Proto/Host set, and with ``--access-log on`` (the default) both write a
+  JSON access line per request (nginx buffered, flushed within 100 ms, like the gateway's writer);
+  the default run compares one process with one process;
 - load: wrk (one thread, keep-alive) at several concurrencies; WebSocket round trips from aiohttp.
 
     bash -c 'source scripts/env.sh && python tests/bench/gateway_bench.py [--duration 3] [--workers 2]'
@@ -56,23 +59,32 @@ pid {dir}/proxy.pid;
 error_log {dir}/proxy-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
   client_body_temp_path {dir}/pb; proxy_temp_path {dir}/pp; fastcgi_temp_path {dir}/pf;
   uwsgi_temp_path {dir}/pu; scgi_temp_path {dir}/ps;
   keepalive_requests 1000000;
+  log_format json escape=json '{{"time":"$time_iso8601","request_id":"$request_id","remote":"$remote_addr",'
+    '"method":"$request_method","target":"$request_uri","status":$status,"duration_ms":$request_time,'
+    '"bytes":$body_bytes_sent}}';
+  {access_log}
   upstream app {{ server 127.0.0.1:{upstream}; keepalive 256; }}
   upstream ws {{ server 127.0.0.1:{ws}; }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
   server {{
     listen 127.0.0.1:{port};
-    location /ws {{
-      proxy_pass http://ws; proxy_http_version 1.1;
+    location /sandbox/bench/port/{ws}/ws {{
+      if ($http_x_access_token != "{token}") {{ return 401; }}
+      proxy_pass http://ws/ws; proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 600s;
+      proxy_set_header X-Access-Token ""; proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Forwarded-For $remote_addr; proxy_read_timeout 600s;
     }}
-    location / {{
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $remote_addr; proxy_buffering off;
+    location /sandbox/bench/port/{upstream}/ {{
+      if ($http_x_access_token != "{token}") {{ return 401; }}
+      proxy_pass http://app/; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Access-Token ""; proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host; add_header X-Request-Id $request_id always;
+      proxy_buffering off;
     }}
   }}
 }}
@@ -273,6 +285,8 @@ def main():
     parser.add_argument("--cache-sizes", default="10000,100000")
     parser.add_argument("--churn-rate", type=float, default=100)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--access-log", choices=("on", "off"), default="on",
+                        help="a JSON access line per request from both proxies, or from neither")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the HTTP table, each round printed on its own")
     parser.add_argument("--gateway-arg", action="append", default=[],
                         help="extra gateway flag, e.g. --gateway-arg=--access-log=false (repeatable)")
@@ -296,7 +310,10 @@ def main():
     try:
         upstream_port, ws_port, nginx_port, gateway_port = free_port(), free_port(), free_port(), free_port()
         (scratch / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=scratch, port=upstream_port))
+        access_log = f"access_log {scratch}/proxy-access.log json buffer=64k flush=100ms;" \
+            if args.access_log == "on" else "access_log off;"
         (scratch / "proxy.conf").write_text(NGINX_PROXY.format(dir=scratch, port=nginx_port, upstream=upstream_port,
+                                                               token=TOKEN, access_log=access_log,
                                                                ws=ws_port))
         for conf in ("upstream.conf", "proxy.conf"):
             processes.append(subprocess.Popen(["nginx", "-p", str(scratch), "-c", str(scratch / conf)]))
@@ -328,7 +345,8 @@ def main():
         gateway = subprocess.Popen(
             [sys.executable, "-m", "liteboxd_gateway", "--listen-host", "127.0.0.1", "--port", str(gateway_port),
              "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), "--kubeconfig", kube.kubeconfig,
-             "--namespace", namespace, "--drain-delay", "0", "--workers", str(args.workers), *args.gateway_arg],
+             "--namespace", namespace, "--drain-delay", "0", "--workers", str(args.workers),
+             f"--access-log={'true' if args.access_log == 'on' else 'false'}", *args.gateway_arg],
             stdout=gateway_log, stderr=gateway_log, env={**os.environ, "PYTHONPATH": str(REPO / "gateway" / "src")})
         processes.append(gateway)
         wait_port(gateway_port)
@@ -346,13 +364,14 @@ def main():
             "direct": (f"http://127.0.0.1:{upstream_port}/", (), None),
             "gateway": (f"http://127.0.0.1:{gateway_port}/sandbox/bench/port/{upstream_port}/",
                         (f"X-Access-Token: {TOKEN}",), gateway_proc),
-            "nginx": (f"http://127.0.0.1:{nginx_port}/", (), nginx_proxy),
+            "nginx": (f"http://127.0.0.1:{nginx_port}/sandbox/bench/port/{upstream_port}/", (f"X-Access-Token: {TOKEN}",),
+                      nginx_proxy),
         }
         if "http" in parts:
             started = [json.loads(line) for line in (scratch / "gateway.log").read_text().splitlines()
                        if line.startswith("{") and "listening" in line]
             print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell; gateway: {len(started)} worker process(es),"
-                  f" event loop {started[0]['event_loop']}, access log {'on' if started[0]['access_log'] else 'off'};"
+                  f" event loop {started[0]['event_loop']}; access log {args.access_log} in both proxies;"
                   f" nginx proxy and upstream: worker_processes 1 each"
                   f"\n(cpu = cores used by the proxy's processes, user + system; us/req = CPU microseconds per"
                   f" request; peak RSS = VmHWM)")
@@ -368,7 +387,7 @@ def main():
                 "direct": (f"ws://127.0.0.1:{ws_port}/ws", None),
                 "gateway": (f"ws://127.0.0.1:{gateway_port}/sandbox/bench/port/{ws_port}/ws",
                             {"X-Access-Token": TOKEN}),
-                "nginx": (f"ws://127.0.0.1:{nginx_port}/ws", None),
+                "nginx": (f"ws://127.0.0.1:{nginx_port}/sandbox/bench/port/{ws_port}/ws", {"X-Access-Token": TOKEN}),
             }
             for name, (url, headers) in ws_targets.items():
                 rate, p50, p99 = asyncio.run(ws_round_trips(url, args.ws_round_trips, headers))
