@@ -6,7 +6,8 @@ from multidict import CIMultiDict
 
 from liteboxd_gateway import auth, config, routing
 from liteboxd_gateway.cache import Sandbox, SandboxCache
-from liteboxd_gateway.headers import connection_tokens, is_websocket_upgrade, without_hop_by_hop
+from liteboxd_gateway.headers import (connection_tokens, downstream_response_fields, is_websocket_upgrade,
+                                      without_hop_by_hop)
 from liteboxd_gateway.limits import SandboxLimits
 from liteboxd_gateway.websocket import sendable_close_code
 
@@ -150,3 +151,21 @@ def test_config_errors_name_the_flag():
         config.load(["--drain-delay", "-1"])
     with pytest.raises(config.ConfigError, match="--token-cookie"):
         config.load(["--token-cookie", "a b"])
+
+
+@pytest.mark.parametrize("fields, kept, has_length, framed", [
+    # The usual answer: only the lone "Connection: keep-alive" goes, whatever its case.
+    ([(b"Server", b"s"), (b"Content-Length", b"3"), (b"connection", b"Keep-Alive"), (b"ETag", b"e")],
+     [(b"Server", b"s"), (b"Content-Length", b"3"), (b"ETag", b"e")], True, True),
+    # Keep-Alive beside it is hop-by-hop too.
+    ([(b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5"), (b"Transfer-Encoding", b"chunked")],
+     [], False, True),
+    # Fields named in Connection go with it.
+    ([(b"Connection", b"close, X-Hop"), (b"X-Hop", b"secret"), (b"X-Kept", b"1")], [(b"X-Kept", b"1")], False, False),
+    # Two Connection fields: both go, and what either names.
+    ([(b"Connection", b"keep-alive"), (b"X-A", b"1"), (b"Connection", b"X-A")], [], False, False),
+    # Nothing hop-by-hop: the very list comes back.
+    ([(b"Content-Length", b"0")], [(b"Content-Length", b"0")], True, True),
+])
+def test_downstream_response_fields_drop_hop_by_hop_fields(fields, kept, has_length, framed):
+    assert downstream_response_fields(fields) == (kept, has_length, framed)

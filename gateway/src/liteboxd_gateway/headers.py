@@ -1,4 +1,6 @@
 """Header rewriting shared by the HTTP proxy and the WebSocket relay."""
+from operator import itemgetter
+
 from multidict import CIMultiDict
 
 from .auth import TOKEN_HEADER
@@ -92,6 +94,9 @@ def upstream_request_headers(headers, cookies, client_host: str, config, route, 
     return CIMultiDict(forwarded_request_fields(headers, cookies, client_host, config, route, extra_drop))
 
 
+_field_name = itemgetter(0)
+
+
 def downstream_response_fields(fields):
     """The sandbox's response header fields, (name, value) bytes as parsed, for the client.
 
@@ -99,13 +104,18 @@ def downstream_response_fields(fields):
     body is framed at all: Content-Length or Transfer-Encoding). Bytes throughout: a response head
     passes through without decoding and encoding each field.
     """
-    lowered = [name.lower() for name, _value in fields]
+    lowered = list(map(bytes.lower, map(_field_name, fields)))
     has_length = b"content-length" in lowered
     framed = has_length or b"transfer-encoding" in lowered
     if HOP_BY_HOP_FIELDS.isdisjoint(lowered):
         return fields, has_length, framed
+    if lowered.count(b"connection") == 1:
+        at = lowered.index(b"connection")
+        if (fields[at][1].lower() == b"keep-alive" and HOP_BY_HOP_FIELDS.isdisjoint(lowered[:at])
+                and HOP_BY_HOP_FIELDS.isdisjoint(lowered[at + 1:])):
+            # The usual lone "Connection: keep-alive" (it names a hop-by-hop field only): it alone goes.
+            return fields[:at] + fields[at + 1:], has_length, framed
     dropped = HOP_BY_HOP_FIELDS
-    # The usual single "Connection: keep-alive" names a hop-by-hop field only.
     if b"connection" in lowered and (lowered.count(b"connection") > 1
                                      or fields[lowered.index(b"connection")][1].lower() != b"keep-alive"):
         dropped = dropped | {token.strip() for low, (_name, value) in zip(lowered, fields) if low == b"connection"

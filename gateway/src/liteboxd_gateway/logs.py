@@ -29,15 +29,24 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self):
         super().__init__()
-        self._second = (None, "")  # one tuple, replaced whole: the loop and the writer thread share it
+        # Tuples replaced whole: the loop and the writer thread share them.
+        self._second = (None, "")
+        self._millisecond = (None, "")
 
     def _time(self, created: float) -> str:
-        # The same second's text is reused: access lines come thousands a second.
-        second = int(created)
-        cached = self._second
-        if cached[0] != second:
-            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
+        # The same millisecond's text is reused, and the same second's: access lines come
+        # thousands a second.
+        millis = int(created * 1000)
+        cached = self._millisecond
+        if cached[0] == millis:
+            return cached[1]
+        second, milli = divmod(millis, 1000)
+        prefix = self._second
+        if prefix[0] != second:
+            prefix = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        text = f"{prefix[1]}.{milli:03d}+00:00"
+        self._millisecond = (millis, text)
+        return text
 
     def access_line(self, created: float, line) -> str:
         """One access line as JSON: what ``format`` would make of it, with the keys written out."""

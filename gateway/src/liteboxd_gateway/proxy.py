@@ -20,6 +20,7 @@ from .writes import HeldWrites, HeldWriter
 log = logging.getLogger("liteboxd_gateway.proxy")
 # Methods whose requests carry no body unless the client framed one.
 BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "DELETE", "CONNECT"))
+CRLF = "\r\n"
 
 
 class UpstreamError(Exception):
@@ -269,8 +270,9 @@ class UpstreamPool:
 def request_head(method: str, target: str, host: str, fields, request_id: str, framing: str) -> bytes:
     """The request head for the sandbox: ``fields`` as (name, value) text, then X-Request-Id and
     ``framing`` (a Content-Length or Transfer-Encoding line, or nothing)."""
-    return (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join([f"{name}: {value}\r\n" for name, value in fields])
-            + f"X-Request-Id: {request_id}\r\n{framing}\r\n").encode(*HEADER_ENCODING)
+    # Each field joined in C: ": ".join((name, value)).
+    return (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n" + "\r\n".join(map(": ".join, fields))
+            + f"{CRLF if fields else ''}X-Request-Id: {request_id}\r\n{framing}\r\n").encode(*HEADER_ENCODING)
 
 
 def host_header(pod_ip: str, port: int) -> str:
