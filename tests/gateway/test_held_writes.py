@@ -40,6 +40,20 @@ async def connected_pair(held_writes):
     return writer, theirs
 
 
+def close_all(*ends):
+    """Writers and peer sockets alike."""
+    for end in ends:
+        end.close()
+
+
+async def read_after_the_pass(*peers):
+    """What each peer got (waiting for it) once the loop has run the end of the pass."""
+    await asyncio.sleep(0.05)
+    for peer in peers:
+        peer.setblocking(True)
+    return tuple(peer.recv(100) for peer in peers)
+
+
 def received(peer) -> bytes:
     try:
         return peer.recv(1 << 20)
@@ -75,9 +89,7 @@ def test_the_first_write_of_a_pass_leaves_at_once_the_others_together_at_its_end
         await asyncio.sleep(0)  # the loop's next pass
         await asyncio.sleep(0.05)
         after_the_pass = received(first_peer), received(second_peer)
-        for peer, writer in ((first_peer, first), (second_peer, second)):
-            writer.close()
-            peer.close()
+        close_all(first, second, first_peer, second_peer)
         return during_the_pass, after_the_pass
 
     during_the_pass, after_the_pass = run(loop_kind, scenario)
@@ -96,13 +108,8 @@ def test_closing_writes_what_is_held_first_and_aborting_drops_it(loop_kind):
         closing.close()
         aborting._write(b"never sent")
         aborting.abort()
-        await asyncio.sleep(0.05)
-        closing_peer.setblocking(True)
-        aborting_peer.setblocking(True)
-        results = closing_peer.recv(100), closing_peer.recv(100), aborting_peer.recv(100)
-        for sock in (closing_peer, aborting_peer, starter_peer):
-            sock.close()
-        starter.close()
+        results = await read_after_the_pass(closing_peer, aborting_peer) + (closing_peer.recv(100),)
+        close_all(closing_peer, aborting_peer, starter_peer, starter)
         return results
 
     assert run(loop_kind, scenario) == (b"last words", b"", b"")
@@ -122,14 +129,8 @@ def test_a_connection_that_fails_to_write_leaves_the_others_theirs(loop_kind):
             raise RuntimeError("transport gone")
 
         broken._can_write = refuse
-        await asyncio.sleep(0.05)
-        healthy_peer.setblocking(True)
-        broken_peer.setblocking(True)
-        results = healthy_peer.recv(100), broken_peer.recv(100)
-        for writer in (healthy, starter):
-            writer.close()
-        for sock in (healthy_peer, broken_peer, starter_peer):
-            sock.close()
+        results = await read_after_the_pass(healthy_peer, broken_peer)
+        close_all(healthy, starter, healthy_peer, broken_peer, starter_peer)
         return results
 
     # The failing connection is aborted: its peer sees the end, not a hang.
@@ -152,8 +153,7 @@ def test_work_put_after_runs_once_the_writes_have_left(loop_kind):
         writer._write(b" and more")
         seen.append(("in the pass", received(peer)))
         await asyncio.sleep(0.05)
-        writer.close()
-        peer.close()
+        close_all(writer, peer)
         return seen
 
     assert run(loop_kind, scenario) == [("in the pass", b"answer"), ("account", b" and more")]
@@ -176,9 +176,7 @@ def test_after_a_busy_pass_even_the_first_write_is_held_after_a_quiet_one_it_is_
         first._write(b"at once")
         after_a_quiet_pass = received(first_peer)
         await asyncio.sleep(0.01)
-        for peer, writer in ((first_peer, first), (second_peer, second)):
-            writer.close()
-            peer.close()
+        close_all(first, second, first_peer, second_peer)
         return after_a_busy_pass, after_a_quiet_pass
 
     assert run(loop_kind, scenario) == (b"<nothing>", b"at once")
