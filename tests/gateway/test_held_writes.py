@@ -1,11 +1,14 @@
 """Writes held to the end of the event loop's pass (writes.py), over real sockets, on both loops."""
 import asyncio
+import json
 import socket
 
 import pytest
 import uvloop
 
 from liteboxd_gateway.writes import HeldWriter, HeldWrites
+
+from tests.gateway.test_http1 import split_responses
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -66,50 +69,62 @@ def run(loop_kind, scenario):
         return runner.run(scenario())
 
 
-async def start_a_busy_pass(held_writes):
-    """A first write in this pass (it leaves at once), so that the writes after it are held."""
-    starter, starter_peer = await connected_pair(held_writes)
-    starter._write(b"first")
-    assert received(starter_peer) == b"first"
-    return starter, starter_peer
+def busy_held_writes():
+    """The loop's HeldWrites as while two requests are under way."""
+    held_writes = HeldWrites(asyncio.get_running_loop())
+    held_writes.active = 2
+    return held_writes
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_the_first_write_of_a_pass_leaves_at_once_the_others_together_at_its_end_in_order(loop_kind):
+def test_while_busy_writes_leave_together_at_the_end_of_the_pass_in_order(loop_kind):
     async def scenario():
-        held_writes = HeldWrites(asyncio.get_running_loop())
+        held_writes = busy_held_writes()
         first, first_peer = await connected_pair(held_writes)
         second, second_peer = await connected_pair(held_writes)
-        await asyncio.sleep(0.01)  # a new pass
         first._write(b"one ")
         second._write(b"other")
         first._write(b"two ")
         first._write(b"three")
         during_the_pass = received(first_peer), received(second_peer)
-        await asyncio.sleep(0)  # the loop's next pass
-        await asyncio.sleep(0.05)
-        after_the_pass = received(first_peer), received(second_peer)
+        after_the_pass = await read_after_the_pass(first_peer, second_peer)
         close_all(first, second, first_peer, second_peer)
         return during_the_pass, after_the_pass
 
     during_the_pass, after_the_pass = run(loop_kind, scenario)
-    assert during_the_pass == (b"one ", b"<nothing>")
-    assert after_the_pass == (b"two three", b"other")
+    assert during_the_pass == (b"<nothing>", b"<nothing>")
+    assert after_the_pass == (b"one two three", b"other")
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_with_one_request_under_way_writes_and_bookkeeping_happen_at_once(loop_kind):
+    async def scenario():
+        held_writes = HeldWrites(asyncio.get_running_loop())
+        held_writes.active = 1
+        writer, peer = await connected_pair(held_writes)
+        seen = []
+        writer._write(b"answer")
+        held_writes.after(seen.append, received(peer))
+        writer._write(b" and more")
+        seen.append(received(peer))
+        close_all(writer, peer)
+        return seen
+
+    assert run(loop_kind, scenario) == [b"answer", b" and more"]
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_closing_writes_what_is_held_first_and_aborting_drops_it(loop_kind):
     async def scenario():
-        held_writes = HeldWrites(asyncio.get_running_loop())
+        held_writes = busy_held_writes()
         closing, closing_peer = await connected_pair(held_writes)
         aborting, aborting_peer = await connected_pair(held_writes)
-        starter, starter_peer = await start_a_busy_pass(held_writes)
         closing._write(b"last words")
         closing.close()
         aborting._write(b"never sent")
         aborting.abort()
         results = await read_after_the_pass(closing_peer, aborting_peer) + (closing_peer.recv(100),)
-        close_all(closing_peer, aborting_peer, starter_peer, starter)
+        close_all(closing_peer, aborting_peer)
         return results
 
     assert run(loop_kind, scenario) == (b"last words", b"", b"")
@@ -118,10 +133,9 @@ def test_closing_writes_what_is_held_first_and_aborting_drops_it(loop_kind):
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_connection_that_fails_to_write_leaves_the_others_theirs(loop_kind):
     async def scenario():
-        held_writes = HeldWrites(asyncio.get_running_loop())
+        held_writes = busy_held_writes()
         broken, broken_peer = await connected_pair(held_writes)
         healthy, healthy_peer = await connected_pair(held_writes)
-        starter, starter_peer = await start_a_busy_pass(held_writes)
         broken._write(b"lost")
         healthy._write(b"delivered")
 
@@ -130,7 +144,7 @@ def test_a_connection_that_fails_to_write_leaves_the_others_theirs(loop_kind):
 
         broken._can_write = refuse
         results = await read_after_the_pass(healthy_peer, broken_peer)
-        close_all(healthy, starter, healthy_peer, broken_peer, starter_peer)
+        close_all(healthy, healthy_peer, broken_peer)
         return results
 
     # The failing connection is aborted: its peer sees the end, not a hang.
@@ -138,45 +152,59 @@ def test_a_connection_that_fails_to_write_leaves_the_others_theirs(loop_kind):
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_work_put_after_runs_once_the_writes_have_left(loop_kind):
+def test_while_busy_work_put_after_runs_once_the_writes_have_left(loop_kind):
     async def scenario():
-        held_writes = HeldWrites(asyncio.get_running_loop())
+        held_writes = busy_held_writes()
         writer, peer = await connected_pair(held_writes)
         seen = []
 
         def bookkeeping(name):
             seen.append((name, received(peer)))
 
-        await asyncio.sleep(0.01)  # a new pass
-        writer._write(b"answer")  # the pass's first write: at once
+        writer._write(b"answer")
         held_writes.after(bookkeeping, "account")
-        writer._write(b" and more")
         seen.append(("in the pass", received(peer)))
         await asyncio.sleep(0.05)
         close_all(writer, peer)
         return seen
 
-    assert run(loop_kind, scenario) == [("in the pass", b"answer"), ("account", b" and more")]
+    assert run(loop_kind, scenario) == [("in the pass", b"<nothing>"), ("account", b"answer")]
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
-def test_after_a_busy_pass_even_the_first_write_is_held_after_a_quiet_one_it_is_not(loop_kind):
-    async def scenario():
-        held_writes = HeldWrites(asyncio.get_running_loop())
-        first, first_peer = await connected_pair(held_writes)
-        second, second_peer = await connected_pair(held_writes)
-        first._write(b"busy ")
-        second._write(b"busy ")  # two connections wrote in this pass: the gateway is busy
-        await asyncio.sleep(0.01)
-        received(first_peer), received(second_peer)
-        first._write(b"held")
-        after_a_busy_pass = received(first_peer)  # a quiet pass, since only one connection wrote
-        await asyncio.sleep(0.01)
-        received(first_peer)
-        first._write(b"at once")
-        after_a_quiet_pass = received(first_peer)
-        await asyncio.sleep(0.01)
-        close_all(first, second, first_peer, second_peer)
-        return after_a_busy_pass, after_a_quiet_pass
+async def test_many_requests_at_once_through_the_gateway_are_each_answered_and_counted_out(
+        gateway_factory, sandbox_factory, monkeypatch):
+    # Many client connections at once make the gateway busy: its writes are held and leave per
+    # pass; every answer must still reach its own client whole, and the count of requests under
+    # way must come back to zero (else it would hold writes forever after).
+    gateway = await gateway_factory()
+    sandbox = await sandbox_factory()
+    flushes = []
+    flush_held = HeldWrites.flush_held
 
-    assert run(loop_kind, scenario) == (b"<nothing>", b"at once")
+    def counted_flush(self):
+        flushes.append(len(self._holding))
+        flush_held(self)
+
+    monkeypatch.setattr(HeldWrites, "flush_held", counted_flush)
+
+    async def one(i):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        try:
+            for j in range(5):
+                writer.write(f"GET {sandbox.path(f'/c{i}r{j}')} HTTP/1.1\r\nHost: x\r\n"
+                             f"X-Access-Token: {sandbox.token}\r\n\r\n".encode())
+            writer.write(f"GET {sandbox.path('/large/70000')} HTTP/1.1\r\nHost: x\r\n"
+                         f"X-Access-Token: {sandbox.token}\r\nConnection: close\r\n\r\n".encode())
+            return split_responses(await asyncio.wait_for(reader.read(-1), 30))
+        finally:
+            writer.close()
+
+    answers = await asyncio.gather(*(one(i) for i in range(30)))
+    for i, responses in enumerate(answers):
+        assert [status for status, _headers, _body in responses] == [200] * 6
+        assert [json.loads(body)["raw_path"] for _status, _headers, body in responses[:5]] == \
+            [f"/c{i}r{j}" for j in range(5)]
+        assert len(responses[5][2]) == 70000
+    assert max(flushes) > 1  # the gateway was busy: passes held the writes of several connections
+    assert gateway.gateway.proxy.held_writes.active == 0
+    assert gateway.gateway.metrics.active_requests.values[()] == 0

@@ -224,6 +224,7 @@ class Gateway:
             return
         exchange.holding = True
         self.metrics.active_requests.add(1)
+        self.proxy.held_writes.active += 1
         try:
             fields = forwarded_request_fields(request.headers, admitted.cookies, client.peer_host, self.config,
                                               admitted.route, DROPPED_REQUEST_HEADERS)
@@ -275,6 +276,7 @@ class Gateway:
         if exchange.holding:
             exchange.holding = False
             self.metrics.active_requests.add(-1)
+            self.proxy.held_writes.active -= 1
             self.limits.release(exchange.sandbox_id)
 
     def _account_http(self, exchange):

@@ -2,11 +2,11 @@
 
 A write on a TCP socket whose reader sleeps wakes that reader, and on a busy host (a VM above all,
 where the wake-up is an inter-processor interrupt) the wake-up costs more than the write. So
-while the gateway is busy (the last pass of the loop had more than one connection writing), the
-writes of a pass are held to its end: those to one peer process (the client, or a sandbox's
-server) leave together and wake it once per pass instead of once per request. When it is not,
-the pass's first write leaves at once, as it would without any of this: one request at a time
-sees no added latency. The bytes to one
+while the gateway is busy (more than one request under way), the writes of a pass of the event
+loop are held to its end: those to one peer process (the client, or a sandbox's server) leave
+together and wake it once per pass instead of once per request. When it is not, writes leave at
+once and nothing is scheduled, as without any of this: one request at a time costs no extra pass
+of the loop and sees no added latency. The bytes to one
 connection stay in order, and a connection about to close writes what it holds first. Work that
 no peer waits for (accounting, the access log) is put ``after`` the writes: the answer leaves
 before the bookkeeping, not behind it.
@@ -20,35 +20,36 @@ class HeldWrites:
     """The connections of one event loop holding bytes to write at the end of the current pass.
 
     A connection holds its bytes itself, when ``hold`` says so; ``flush_held`` then calls its
-    ``write_held`` once, and then what was put ``after``.
+    ``write_held`` once, and then what was put ``after``. ``active`` counts the requests under
+    way (the gateway keeps it): the gateway is busy when there are more than one.
     """
 
-    __slots__ = ("loop", "_holding", "_after", "_scheduled", "_writers", "_busy")
+    __slots__ = ("loop", "active", "_holding", "_after", "_scheduled")
 
     def __init__(self, loop):
         self.loop = loop
+        self.active = 0
         self._holding = []
         self._after = []
         self._scheduled = False
-        self._writers = 0  # connections that wrote in this pass
-        self._busy = False  # more than one did in the last pass that wrote
 
     def hold(self, connection) -> bool:
-        """True: ``connection`` is to hold its bytes to the end of the pass. False: it is the
-        pass's first writer and the gateway is not busy: it writes now (nothing is held yet)."""
-        self._writers += 1
+        """True: ``connection`` is to hold its bytes to the end of the pass. False: it writes
+        now (the gateway is not busy and nothing is held)."""
         if not self._scheduled:
-            self._schedule()
-            if not self._busy:
+            if self.active < 2:
                 return False
+            self._schedule()
         self._holding.append(connection)
         return True
 
     def after(self, callback, argument):
-        """Call ``callback(argument)`` once the writes held in this pass have left."""
-        self._after.append((callback, argument))
+        """Call ``callback(argument)`` once the writes held in this pass have left: now, when
+        nothing is held."""
         if not self._scheduled:
-            self._schedule()
+            callback(argument)
+            return
+        self._after.append((callback, argument))
 
     def _schedule(self):
         self._scheduled = True
@@ -56,8 +57,6 @@ class HeldWrites:
 
     def flush_held(self):
         self._scheduled = False
-        self._busy = self._writers > 1
-        self._writers = 0
         holding, self._holding = self._holding, []
         after, self._after = self._after, []
         for connection in holding:
