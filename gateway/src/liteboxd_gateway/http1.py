@@ -8,10 +8,10 @@ or malformed Content-Length, a Transfer-Encoding that does not end in chunked, o
 whitespace before a colon. Such a request gets 400 and the connection closes. Heads are bounded: the request-target and each header
 field by ``--max-header-size``, the number of fields by ``--max-headers``, and the time to send a
 head (or to idle between requests) by ``--client-idle-timeout``. Responses leave in as few writes
-as possible: a complete answer is one piece, and what the connection writes during one pass of the
-event loop leaves in one write at its end (``writes.py``); a streamed answer is framed by the
-sandbox's Content-Length, else chunked. WebSocket upgrades are handed, connection and all, to aiohttp's
-server, which runs the relay (``websocket.py``).
+as possible: a complete answer is one piece, and while the gateway is busy what the connection
+writes during one pass of the event loop leaves in one write at its end (``writes.py``); a
+streamed answer is framed by the sandbox's Content-Length, else chunked. WebSocket upgrades are
+handed, connection and all, to aiohttp's server, which runs the relay (``websocket.py``).
 """
 import asyncio
 import collections
@@ -96,7 +96,7 @@ class ClientConnections:
 
 class ClientConnection(HeldWriter, asyncio.Protocol):
     """One client connection: parse heads, serve each request through the gateway, write answers
-    (held to the end of the event loop's pass, ``writes.py``)."""
+    (held to the end of the event loop's pass while the gateway is busy, ``writes.py``)."""
 
     def __init__(self, gateway, connections: ClientConnections, websocket_server):
         self.gateway = gateway

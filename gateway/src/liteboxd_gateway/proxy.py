@@ -41,8 +41,8 @@ class UpstreamBroken(Exception):
 
 
 class UpstreamConnection(HeldWriter, asyncio.Protocol):
-    """One keep-alive connection to a sandbox, carrying one Forward at a time; its writes are
-    held to the end of the event loop's pass (``writes.py``).
+    """One keep-alive connection to a sandbox, carrying one Forward at a time; while the gateway
+    is busy its writes are held to the end of the event loop's pass (``writes.py``).
 
     Its parser lives as long as the connection: llhttp reads one message after the other (an
     answer to HEAD, whose body llhttp would wait for, ends the connection's reuse). The Forward

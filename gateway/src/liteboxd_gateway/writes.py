@@ -6,10 +6,11 @@ while the gateway is busy (more than one request under way), the writes of a pas
 loop are held to its end: those to one peer process (the client, or a sandbox's server) leave
 together and wake it once per pass instead of once per request. When it is not, writes leave at
 once and nothing is scheduled, as without any of this: one request at a time costs no extra pass
-of the loop and sees no added latency. The bytes to one
-connection stay in order, and a connection about to close writes what it holds first. Work that
-no peer waits for (accounting, the access log) is put ``after`` the writes: the answer leaves
-before the bookkeeping, not behind it.
+of the loop and sees no added latency. The bytes to one connection stay in order, and a connection
+about to close writes what it holds first. Work that no peer waits for (accounting, the access
+log) is put ``after`` the writes: the answer leaves before the bookkeeping, not behind it. A
+transport's flow control sees held bytes at the end of the pass, so a slow client pauses the
+sandbox's reads one read later than it would otherwise.
 """
 import logging
 
