@@ -94,7 +94,7 @@ async def test_client_leaving_mid_response_does_not_return_the_upstream_connecti
     await asyncio.wait_for(reader.readexactly(65536), 30)
     writer.transport.abort()
     for _unused in range(100):
-        if not gateway.gateway.metrics.active_requests.values[()]:
+        if not gateway.gateway.proxy.held_writes.active:
             break
         await asyncio.sleep(0.05)
     response = await raw_exchange(gateway.port, f"GET {sandbox.path('/')} HTTP/1.1\r\nHost: x\r\n{token}\r\n"

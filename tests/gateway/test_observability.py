@@ -18,6 +18,7 @@ async def test_concurrent_connection_limit_gives_429(gateway_factory, sandbox_fa
     try:
         for stream in streams:
             assert await stream.content.readuntil(b"\n\n") == b"data: first\n\n"
+        assert "liteboxd_gateway_active_requests 2" in gateway.gateway.metrics.render().splitlines()
         async with http.get(gateway.url + sandbox.path("/"), headers=token) as response:
             assert response.status == 429
         # The limit is per sandbox: another one is unaffected.
@@ -34,6 +35,7 @@ async def test_concurrent_connection_limit_gives_429(gateway_factory, sandbox_fa
     async with http.get(gateway.url + sandbox.path("/"), headers=token) as response:
         assert response.status == 200
     assert gateway.gateway.limits.open_connections(sandbox.name) == 0
+    assert "liteboxd_gateway_active_requests 0" in gateway.gateway.metrics.render().splitlines()
 
 
 async def test_websockets_count_against_the_connection_limit(gateway_factory, sandbox_factory, http):

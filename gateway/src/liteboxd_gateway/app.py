@@ -100,6 +100,9 @@ class Gateway:
         """``connection``: the API server's (kube.KubeConnection), for WebSockets through its pod proxy."""
         self.websocket_upstream = websocket_upstream(self.config, connection)
         self.proxy = HttpProxy(self.config, self.metrics)
+        # The count of requests under way is kept once, where holding writes depends on it.
+        held_writes = self.proxy.held_writes
+        self.metrics.active_requests.read = lambda: held_writes.active
 
     async def close(self):
         if self.proxy is not None:
@@ -223,7 +226,6 @@ class Gateway:
             self._served(exchange)
             return
         exchange.holding = True
-        self.metrics.active_requests.add(1)
         self.proxy.held_writes.active += 1
         try:
             fields = forwarded_request_fields(request.headers, admitted.cookies, client.peer_host, self.config,
@@ -275,7 +277,6 @@ class Gateway:
     def _release(self, exchange):
         if exchange.holding:
             exchange.holding = False
-            self.metrics.active_requests.add(-1)
             self.proxy.held_writes.active -= 1
             self.limits.release(exchange.sandbox_id)
 
