@@ -109,15 +109,15 @@ def downstream_response_fields(fields):
     framed = has_length or b"transfer-encoding" in lowered
     if HOP_BY_HOP_FIELDS.isdisjoint(lowered):
         return fields, has_length, framed
-    if lowered.count(b"connection") == 1:
-        at = lowered.index(b"connection")
-        if (fields[at][1].lower() == b"keep-alive" and HOP_BY_HOP_FIELDS.isdisjoint(lowered[:at])
-                and HOP_BY_HOP_FIELDS.isdisjoint(lowered[at + 1:])):
-            # The usual lone "Connection: keep-alive" (it names a hop-by-hop field only): it alone goes.
-            return fields[:at] + fields[at + 1:], has_length, framed
+    connections = lowered.count(b"connection")
+    at = lowered.index(b"connection") if connections == 1 else -1
     dropped = HOP_BY_HOP_FIELDS
-    if b"connection" in lowered and (lowered.count(b"connection") > 1
-                                     or fields[lowered.index(b"connection")][1].lower() != b"keep-alive"):
+    if at >= 0 and fields[at][1].lower() == b"keep-alive":
+        # The usual lone "Connection: keep-alive" names a hop-by-hop field only; when it is the
+        # only hop-by-hop field, it alone goes.
+        if HOP_BY_HOP_FIELDS.isdisjoint(lowered[:at]) and HOP_BY_HOP_FIELDS.isdisjoint(lowered[at + 1:]):
+            return fields[:at] + fields[at + 1:], has_length, framed
+    elif connections:
         dropped = dropped | {token.strip() for low, (_name, value) in zip(lowered, fields) if low == b"connection"
                              for token in value.lower().split(b",")}
     return [field for field, low in zip(fields, lowered) if low not in dropped], has_length, framed
