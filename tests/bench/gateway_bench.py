@@ -289,7 +289,7 @@ def main():
                         help="a JSON access line per request from both proxies, or from neither")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the HTTP table, each round printed on its own")
     parser.add_argument("--gateway-arg", action="append", default=[],
-                        help="extra gateway flag, e.g. --gateway-arg=--access-log=false (repeatable)")
+                        help="extra gateway flag, e.g. --gateway-arg=--upstream-idle-timeout=30 (repeatable)")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"which tables to measure, a subset of {','.join(PARTS)} (a quick iteration: --parts http"
                              " --sizes 1k --concurrency 1,50)")
@@ -371,7 +371,8 @@ def main():
             started = [json.loads(line) for line in (scratch / "gateway.log").read_text().splitlines()
                        if line.startswith("{") and "listening" in line]
             print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell; gateway: {len(started)} worker process(es),"
-                  f" event loop {started[0]['event_loop']}; access log {args.access_log} in both proxies;"
+                  f" event loop {started[0]['event_loop']}; access log: gateway"
+                  f" {'on' if started[0]['access_log'] else 'off'}, nginx {args.access_log};"
                   f" nginx proxy and upstream: worker_processes 1 each"
                   f"\n(cpu = cores used by the proxy's processes, user + system; us/req = CPU microseconds per"
                   f" request; peak RSS = VmHWM)")
