@@ -128,14 +128,13 @@ class Gateway:
         return kind(f"{self._request_id_prefix}{next(self._request_ids):012x}")
 
     def _account(self, exchange, method, remote, elapsed):
-        self.metrics.requests.inc(exchange.form, str(exchange.status))
+        self.metrics.requests.inc(exchange.form, exchange.status)
         if exchange.status != 101:
             self.metrics.duration.observe(elapsed, exchange.form)
         if self.config.access_log:
-            # The forwarded target (token carriers removed), never the raw one.
-            logs.access(logs.AccessLine(exchange.request_id, remote, method, exchange.form, exchange.sandbox_id,
-                                        exchange.target, exchange.status, round(elapsed * 1000, 3), exchange.bytes,
-                                        exchange.error or None))
+            # The forwarded target (token carriers removed), never the raw one. In logs.AccessLine's order.
+            logs.access((exchange.request_id, remote, method, exchange.form, exchange.sandbox_id, exchange.target,
+                         exchange.status, elapsed * 1000, exchange.bytes, exchange.error or None))
 
     def _reject(self, exchange, status, reason, message=None):
         self.metrics.rejected.inc(reason)
@@ -232,7 +231,7 @@ class Gateway:
                                               admitted.route, DROPPED_REQUEST_HEADERS)
             forward = exchange.forward = self.proxy.forward(client, request, admitted.pod_ip, admitted.route.port,
                                                             admitted.target, fields, exchange.request_id,
-                                                            lambda forward: self._forwarded(exchange, forward))
+                                                            self._forwarded)
             forward.start()
         except BaseException:
             forward, exchange.forward = exchange.forward, None
@@ -246,8 +245,9 @@ class Gateway:
         client.respond(request, status, [(b"Content-Type", JSON.encode()), (b"X-Request-Id", exchange.request_id.encode()),
                                          (b"Cache-Control", b"no-store")], error_body(message), close=close)
 
-    def _forwarded(self, exchange, forward):
+    def _forwarded(self, forward):
         """The Forward is through: answer its error if the client has no answer yet, then account."""
+        exchange = forward.request.exchange
         exchange.forward = None
         self._release(exchange)
         error = forward.error

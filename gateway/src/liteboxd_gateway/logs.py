@@ -50,11 +50,13 @@ class JsonFormatter(logging.Formatter):
 
     def access_line(self, created: float, line) -> str:
         """One access line as JSON: what ``format`` would make of it, with the keys written out."""
+        request_id, remote, method, form, sandbox, target, status, duration_ms, size, error = line
+        # Escaped: what the client or the host chose freely. The request id, method, form and
+        # sandbox id are validated tokens (ACCESS_JSON) and go in as they are.
         return ACCESS_JSON % (
-            self._time(created), _text(line.request_id), "null" if line.remote is None else _text(line.remote),
-            _text(line.method), _text(line.form), "null" if line.sandbox is None else _text(line.sandbox),
-            "null" if line.target is None else _text(line.target), line.status, line.duration_ms, line.bytes,
-            "" if line.error is None else ',"error":' + _text(line.error))
+            self._time(created), request_id, "null" if remote is None else _text(remote), method, form,
+            "null" if sandbox is None else f'"{sandbox}"', "null" if target is None else _text(target), status,
+            duration_ms, size, "" if error is None else ',"error":' + _text(error))
 
     def format(self, record):
         if isinstance(record, AccessRecord):
@@ -155,11 +157,16 @@ _writer = None
 
 
 access_log = logging.getLogger(ACCESS_LOGGER)
-# What one request did; ``error`` is None when nothing went wrong.
+# What one request did; ``error`` is None when nothing went wrong. The gateway logs plain tuples in
+# this order (no type to construct per request); the names serve the record's ``fields``.
 AccessLine = collections.namedtuple("AccessLine", "request_id remote method form sandbox target status duration_ms bytes error")
 _text = json.encoder.encode_basestring_ascii
-ACCESS_JSON = ('{"time":"%s","level":"info","logger":"' + ACCESS_LOGGER + '","message":"request","request_id":%s,'
-               '"remote":%s,"method":%s,"form":%s,"sandbox":%s,"target":%s,"status":%d,"duration_ms":%r,"bytes":%d%s}')
+# request_id: a generated id or one matching app.REQUEST_ID_RE; method: a token as llhttp or aiohttp
+# parsed it; form: the gateway's own word; sandbox: a Pod name as routing validated it. None of them
+# can hold a quote, a backslash or a control character, so they are written without escaping.
+ACCESS_JSON = ('{"time":"%s","level":"info","logger":"' + ACCESS_LOGGER + '","message":"request",'
+               '"request_id":"%s","remote":%s,"method":"%s","form":"%s","sandbox":%s,"target":%s,"status":%d,'
+               '"duration_ms":%.3f,"bytes":%d%s}')
 
 
 class AccessRecord(logging.LogRecord):
@@ -168,7 +175,7 @@ class AccessRecord(logging.LogRecord):
 
     template = None
 
-    def __init__(self, line: AccessLine):  # pylint: disable=super-init-not-called
+    def __init__(self, line: tuple):  # pylint: disable=super-init-not-called
         template = AccessRecord.template
         if template is None:
             template = vars(logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None))
@@ -185,13 +192,13 @@ class AccessRecord(logging.LogRecord):
     @property
     def fields(self) -> dict:
         """The line as the structured fields of other records."""
-        fields = self.line._asdict()
+        fields = AccessLine._make(self.line)._asdict()
         if fields["error"] is None:
             del fields["error"]
         return fields
 
 
-def access(line: AccessLine):
+def access(line: tuple):
     """Log one access line. After ``setup``, the line the writer's handler would queue is queued
     straight away: no LogRecord, no walk through the loggers and their lock."""
     if access_log.isEnabledFor(logging.INFO):
