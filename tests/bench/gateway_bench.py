@@ -8,7 +8,9 @@ A script, not a test: it prints tables. Everything runs on 127.0.0.1 on this mac
   back, X-Forwarded-For/Proto/Host set, and with ``--access-log on`` (the default) both write a
   JSON access line per request (nginx buffered, flushed within 100 ms, like the gateway's writer);
   the default run compares one process with one process;
-- load: wrk (one thread, keep-alive) at several concurrencies; WebSocket round trips from aiohttp.
+- load: wrk (one thread, keep-alive) at several concurrencies; WebSocket round trips from aiohttp;
+- the gateway runs as the role installs it where a C compiler is: built by pip, its hot modules
+  compiled by Cython (``--build python`` runs the sources as they are, no module compiled).
 
     bash -c 'source scripts/env.sh && python tests/bench/gateway_bench.py [--duration 3] [--workers 2]'
 """
@@ -287,6 +289,8 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--access-log", choices=("on", "off"), default="on",
                         help="a JSON access line per request from both proxies, or from neither")
+    parser.add_argument("--build", choices=("compiled", "python"), default="compiled",
+                        help="the gateway built with its compiled modules (as installed), or its plain sources")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the HTTP table, each round printed on its own")
     parser.add_argument("--gateway-arg", action="append", default=[],
                         help="extra gateway flag, e.g. --gateway-arg=--upstream-idle-timeout=30 (repeatable)")
@@ -308,6 +312,12 @@ def main():
     processes = []
     kube = None
     try:
+        gateway_path = REPO / "gateway" / "src"
+        if args.build == "compiled":
+            gateway_path = scratch / "gateway-build"
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                            "--disable-pip-version-check", "--target", str(gateway_path), str(REPO / "gateway")],
+                           check=True)
         upstream_port, ws_port, nginx_port, gateway_port = free_port(), free_port(), free_port(), free_port()
         (scratch / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=scratch, port=upstream_port))
         access_log = f"access_log {scratch}/proxy-access.log json buffer=64k flush=100ms;" \
@@ -347,7 +357,7 @@ def main():
              "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), "--kubeconfig", kube.kubeconfig,
              "--namespace", namespace, "--drain-delay", "0", "--workers", str(args.workers),
              f"--access-log={'true' if args.access_log == 'on' else 'false'}", *args.gateway_arg],
-            stdout=gateway_log, stderr=gateway_log, env={**os.environ, "PYTHONPATH": str(REPO / "gateway" / "src")})
+            stdout=gateway_log, stderr=gateway_log, env={**os.environ, "PYTHONPATH": str(gateway_path)})
         processes.append(gateway)
         wait_port(gateway_port)
         gateway_proc = Proc(gateway.pid)
@@ -371,7 +381,8 @@ def main():
             started = [json.loads(line) for line in (scratch / "gateway.log").read_text().splitlines()
                        if line.startswith("{") and "listening" in line]
             print(f"\nHTTP keep-alive, wrk -t1, {args.duration}s per cell; gateway: {len(started)} worker process(es),"
-                  f" event loop {started[0]['event_loop']}; access log: gateway"
+                  f" event loop {started[0]['event_loop']}, compiled modules:"
+                  f" {', '.join(started[0]['compiled']) or 'none'}; access log: gateway"
                   f" {'on' if started[0]['access_log'] else 'off'}, nginx {args.access_log};"
                   f" nginx proxy and upstream: worker_processes 1 each"
                   f"\n(cpu = cores used by the proxy's processes, user + system; us/req = CPU microseconds per"

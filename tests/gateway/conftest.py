@@ -7,6 +7,7 @@ The test plays the kubelet by patching Pod status through the status subresource
 import asyncio
 import hashlib
 import itertools
+import os
 import pathlib
 import secrets
 import sys
@@ -15,7 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-GATEWAY_SRC = pathlib.Path(__file__).resolve().parents[2] / "gateway" / "src"
+# The package under test: this checkout's sources, or a build of them with compiled modules
+# (scripts/test runs the gateway tests once more on one).
+GATEWAY_SRC = pathlib.Path(os.environ.get("LITEBOXD_GATEWAY_SRC")
+                           or pathlib.Path(__file__).resolve().parents[2] / "gateway" / "src")
 if str(GATEWAY_SRC) not in sys.path:
     sys.path.insert(0, str(GATEWAY_SRC))
 

@@ -94,11 +94,12 @@ class ClientConnections:
                     connection.transport.abort()
 
 
-class ClientConnection(HeldWriter, asyncio.Protocol):
+class ClientConnection(HeldWriter):
     """One client connection: parse heads, serve each request through the gateway, write answers
     (held to the end of the event loop's pass while the gateway is busy, ``writes.py``)."""
 
     def __init__(self, gateway, connections: ClientConnections, websocket_server):
+        super().__init__(gateway.proxy.held_writes)
         self.gateway = gateway
         self.config = gateway.config
         # Limits read per request, kept at hand.
@@ -107,9 +108,7 @@ class ClientConnection(HeldWriter, asyncio.Protocol):
         self.max_head_bytes = self.max_header_size * (self.max_headers + 2)
         self.connections = connections
         self.websocket_server = websocket_server
-        self.held_writes = gateway.proxy.held_writes
         self.loop = asyncio.get_running_loop()
-        self.transport = None
         self.peer_host = ""
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -139,6 +138,9 @@ class ClientConnection(HeldWriter, asyncio.Protocol):
         self.connections.open.add(self)
         self._arm_idle()
         self._idle_timer = self.loop.call_later(self.config.client_idle_timeout, self._check_idle)
+
+    def eof_received(self):
+        return None  # as asyncio.Protocol's: the transport closes, and a request being served is dropped
 
     def connection_lost(self, exc):
         self._closing = True

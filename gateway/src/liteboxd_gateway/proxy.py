@@ -40,7 +40,7 @@ class UpstreamBroken(Exception):
     """The sandbox closed the connection or broke the protocol during an exchange."""
 
 
-class UpstreamConnection(HeldWriter, asyncio.Protocol):
+class UpstreamConnection(HeldWriter):
     """One keep-alive connection to a sandbox, carrying one Forward at a time; while the gateway
     is busy its writes are held to the end of the event loop's pass (``writes.py``).
 
@@ -50,10 +50,9 @@ class UpstreamConnection(HeldWriter, asyncio.Protocol):
     """
 
     def __init__(self, loop, address, held_writes):
+        super().__init__(held_writes)
         self.loop = loop
         self.address = address
-        self.held_writes = held_writes
-        self.transport = None
         self.closed = False
         self.idle_since = 0.0
         self.parser = httptools.HttpResponseParser(self)
@@ -395,13 +394,13 @@ class Forward:
                 client.end()
             else:
                 whole = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-                client.respond(self.request, self.status, self._fields, whole, self._reason,
-                               has_length=self._has_length)
+                client.respond(self.request, self.status, self._fields, whole, self._reason, streaming=False,
+                               close=False, has_length=self._has_length)
             self._finish(None)
             return
         if not self._answering:
             self._answering = True
-            client.respond(self.request, self.status, self._fields, reason=self._reason, streaming=True,
+            client.respond(self.request, self.status, self._fields, b"", self._reason, streaming=True, close=False,
                            has_length=self._has_length)
             for chunk in self._chunks:
                 client.send(chunk)

@@ -9,6 +9,7 @@ requests ``--shutdown-timeout`` to finish.
 import asyncio
 import ctypes
 import gc
+import importlib.machinery
 import logging
 import os
 import signal
@@ -30,6 +31,13 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # A request allocates a few dozen and reference counting frees nearly all of them; at the default, a
 # busy worker scanned the objects of the requests in flight every few requests.
 GC_YOUNG_THRESHOLD = 10_000
+
+
+def compiled_modules() -> list:
+    """The gateway's modules running as C extensions (built by Cython, gateway/setup.py), by name."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return sorted(name.rpartition(".")[2] for name, module in list(sys.modules.items())
+                  if name.startswith(__package__ + ".") and (getattr(module, "__file__", None) or "").endswith(suffixes))
 
 
 async def serve(config, connection, worker: int = 0, started=None, stop=None):
@@ -69,7 +77,8 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
             loop.add_signal_handler(signum, stop.set)
     log.info("liteboxd-gateway %s listening", __version__, extra={"fields": {
         "version": __version__, "worker": worker, "pid": os.getpid(),
-        "event_loop": f"{type(loop).__module__}.{type(loop).__qualname__}", "access_log": config.access_log, "addresses": [
+        "event_loop": f"{type(loop).__module__}.{type(loop).__qualname__}", "access_log": config.access_log,
+        "compiled": compiled_modules(), "addresses": [
             list(address) for address in addresses], "metrics": [list(a) for a in metrics_runner.addresses],
         "namespace": config.namespace, "label_selector": config.label_selector, "domain": config.domain,
         "allowed_ports": str(config.allowed_ports)}})

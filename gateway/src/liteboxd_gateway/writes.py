@@ -76,13 +76,14 @@ class HeldWrites:
 class HeldWriter:
     """Mixin for a Protocol writing through ``HeldWrites``: ``_write`` holds, ``write_held`` writes.
 
-    The class sets ``held_writes`` (the loop's HeldWrites) and ``transport``, and says with
-    ``_can_write`` whether its transport still takes bytes.
+    The class sets ``transport`` once connected, and says with ``_can_write`` whether its
+    transport still takes bytes.
     """
 
-    held_writes = None
-    transport = None
-    _held = None
+    def __init__(self, held_writes: HeldWrites):
+        self.held_writes = held_writes
+        self.transport = None
+        self._held = None
 
     def _write(self, data: bytes):
         held = self._held
