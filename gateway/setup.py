@@ -1,9 +1,10 @@
 """Builds the hot modules as C extensions with Cython, when it can; the package works without them.
 
-writes.py, http1.py and proxy.py stay the one implementation. Their ``.pxd`` files declare the
-classes' attributes and methods with C types, so Cython compiles the same code into typed
-classes: attribute reads and calls between them skip the interpreter, which was about a sixth of
-the gateway's CPU per request (gateway/README.md). Where there is no C compiler or no Python
+The modules every proxied request runs through (app, http1, proxy, writes) stay the one
+implementation. Their ``.pxd`` files declare the classes' attributes and methods with C types,
+so Cython compiles the same code into typed classes: attribute reads and calls between them
+skip the interpreter, which was about a sixth of the gateway's CPU per request
+(gateway/README.md). Where there is no C compiler or no Python
 headers, or with ``LITEBOXD_GATEWAY_NO_EXTENSIONS=1``, the modules stay plain Python and the
 build says so.
 """
@@ -13,7 +14,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED_MODULES = ("writes", "http1", "proxy")
+COMPILED_MODULES = ("writes", "http1", "proxy", "app")
 
 
 class OptionalBuildExt(build_ext):

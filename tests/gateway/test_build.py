@@ -12,7 +12,7 @@ from liteboxd_gateway.server import compiled_modules
 
 GATEWAY_PROJECT = pathlib.Path(__file__).resolve().parents[2] / "gateway"
 # What gateway/setup.py compiles.
-COMPILED = ["http1", "proxy", "writes"]
+COMPILED = ["app", "http1", "proxy", "writes"]
 
 
 def test_the_package_under_test_runs_compiled_exactly_when_its_build_says_so():
@@ -57,7 +57,7 @@ def test_with_a_compiler_the_hot_modules_are_built_as_extensions(tmp_path):
     package, _output = pip_install(tmp_path)
     assert sorted(path.name.split(".")[0] for path in package.glob("*.so")) == COMPILED
     # The build imports and serves as the gateway: its modules load from the extensions.
-    probe = ("import liteboxd_gateway.http1, liteboxd_gateway.proxy, liteboxd_gateway.writes;"
+    probe = (f"import {', '.join(f'liteboxd_gateway.{name}' for name in COMPILED)};"
              "from liteboxd_gateway.server import compiled_modules; print(' '.join(compiled_modules()))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(package.parent)})

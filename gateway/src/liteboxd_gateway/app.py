@@ -217,7 +217,8 @@ class Gateway:
                 status, text = self._own_endpoint(request.method, request.raw_path, exchange)
                 exchange.status = status
                 client.respond(request, status, [(b"Content-Type", b"text/plain; charset=utf-8"),
-                                                 (b"X-Request-Id", exchange.request_id.encode())], text.encode())
+                                                 (b"X-Request-Id", exchange.request_id.encode())], text.encode(),
+                               reason=b"", streaming=False, close=False, has_length=False)
                 self._served(exchange)
                 return
         except Rejected as rejected:
@@ -243,7 +244,8 @@ class Gateway:
     def _answer_error(self, client, request, exchange, status, message, close=False):
         exchange.status = status
         client.respond(request, status, [(b"Content-Type", JSON.encode()), (b"X-Request-Id", exchange.request_id.encode()),
-                                         (b"Cache-Control", b"no-store")], error_body(message), close=close)
+                                         (b"Cache-Control", b"no-store")], error_body(message), reason=b"",
+                       streaming=False, close=close, has_length=False)
 
     def _forwarded(self, forward):
         """The Forward is through: answer its error if the client has no answer yet, then account."""

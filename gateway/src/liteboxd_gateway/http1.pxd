@@ -54,8 +54,8 @@ cdef class ClientConnection(HeldWriter):
     cpdef _serve_next(self)
     cpdef finished(self, Request request)
     cpdef bytes _head(self, int status, list fields, str version, bint keep_alive, bytes reason=*)
-    cpdef respond(self, Request request, int status, list fields, bytes body=*, bytes reason=*, bint streaming=*,
-                  bint close=*, bint has_length=*)
+    cpdef respond(self, Request request, int status, list fields, bytes body, bytes reason, bint streaming,
+                  bint close, bint has_length)
     cpdef send(self, bytes chunk)
     cpdef end(self)
     cpdef abort(self)

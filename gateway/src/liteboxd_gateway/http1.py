@@ -382,10 +382,13 @@ class ClientConnection(HeldWriter):
                                               b"\r\n".join(map(b": ".join, fields)), b"\r\n" if fields else b"",
                                               connection)
 
-    def respond(self, request: Request, status: int, fields: list, body: bytes = b"", reason: bytes = b"",
-                streaming: bool = False, close: bool = False, has_length: bool = False):
+    def respond(self, request: Request, status: int, fields: list, body: bytes, reason: bytes, streaming: bool,
+                close: bool, has_length: bool):
         """Send a response head, header fields as (name, value) bytes, with the whole body unless
-        ``streaming`` (then ``send`` and ``end``). ``has_length``: a Content-Length is among the fields."""
+        ``streaming`` (then ``send`` and ``end``). ``reason``: the reason phrase, empty for the
+        standard one; ``close``: close the connection after it; ``has_length``: a Content-Length is
+        among the fields. Every argument is given: compiled, it is called as a C function, which
+        takes no keyword after a skipped default."""
         self.response_started = True
         bodyless = request.method == "HEAD" or status in (204, 304) or status < 200
         if close:
