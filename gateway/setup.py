@@ -3,10 +3,9 @@
 The modules every proxied request runs through (app, http1, proxy, writes) stay the one
 implementation. Their ``.pxd`` files declare the classes' attributes and methods with C types,
 so Cython compiles the same code into typed classes: attribute reads and calls between them
-skip the interpreter, which was about a sixth of the gateway's CPU per request
-(gateway/README.md). Where there is no C compiler or no Python
-headers, or with ``LITEBOXD_GATEWAY_NO_EXTENSIONS=1``, the modules stay plain Python and the
-build says so.
+skip the interpreter, which saves about a tenth of the gateway's CPU per request
+(gateway/README.md). Where there is no C compiler or no Python headers, or with
+``LITEBOXD_GATEWAY_NO_EXTENSIONS=1``, the modules stay plain Python and the build says so.
 """
 import os
 import sys

@@ -315,9 +315,11 @@ def main():
         gateway_path = REPO / "gateway" / "src"
         if args.build == "compiled":
             gateway_path = scratch / "gateway-build"
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                            "--disable-pip-version-check", "--target", str(gateway_path), str(REPO / "gateway")],
-                           check=True)
+            build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                                    "--disable-pip-version-check", "--target", str(gateway_path), str(REPO / "gateway")],
+                                   capture_output=True, text=True, check=False)
+            if build.returncode:
+                sys.exit(f"building the gateway failed:\n{build.stdout}{build.stderr}")
         upstream_port, ws_port, nginx_port, gateway_port = free_port(), free_port(), free_port(), free_port()
         (scratch / "upstream.conf").write_text(NGINX_UPSTREAM.format(dir=scratch, port=upstream_port))
         access_log = f"access_log {scratch}/proxy-access.log json buffer=64k flush=100ms;" \
