@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "gateway" / "src"))
 
 from tests.lib.apiserver import KubeAPIServer, kube_assets  # noqa: E402
+from tests.lib.gateway_build import pip_install_gateway  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 PARTS = ("http", "websocket", "churn", "cache")
@@ -315,9 +316,7 @@ def main():
         gateway_path = REPO / "gateway" / "src"
         if args.build == "compiled":
             gateway_path = scratch / "gateway-build"
-            build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                                    "--disable-pip-version-check", "--target", str(gateway_path), str(REPO / "gateway")],
-                                   capture_output=True, text=True, check=False)
+            build = pip_install_gateway(gateway_path)
             if build.returncode:
                 sys.exit(f"building the gateway failed:\n{build.stdout}{build.stderr}")
         upstream_port, ws_port, nginx_port, gateway_port = free_port(), free_port(), free_port(), free_port()

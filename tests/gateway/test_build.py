@@ -1,7 +1,6 @@
 """Building the gateway package: compiled modules where a C compiler is, plain Python elsewhere."""
 import importlib
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -9,8 +8,8 @@ import sys
 import pytest
 
 from liteboxd_gateway.server import compiled_modules
+from tests.lib.gateway_build import GATEWAY_PROJECT, pip_install_gateway
 
-GATEWAY_PROJECT = pathlib.Path(__file__).resolve().parents[2] / "gateway"
 # What gateway/setup.py compiles.
 COMPILED = ["app", "http1", "proxy", "writes"]
 
@@ -29,10 +28,7 @@ def pip_install(tmp_path, **env) -> tuple:
     project = tmp_path / "project"
     shutil.copytree(GATEWAY_PROJECT, project, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path / "installed"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
-         "--target", str(target), str(project)],
-        capture_output=True, text=True, env={**os.environ, **env}, check=False, timeout=600)
+    result = pip_install_gateway(target, project, env)
     assert result.returncode == 0, result.stdout + result.stderr
     return target / "liteboxd_gateway", result.stdout + result.stderr
 
