@@ -76,12 +76,16 @@ def busy_held_writes():
     return held_writes
 
 
+async def two_busy_pairs():
+    """Two Writers on one busy HeldWrites, each with its peer socket: ((writer, peer), (writer, peer))."""
+    held_writes = busy_held_writes()
+    return await connected_pair(held_writes), await connected_pair(held_writes)
+
+
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_while_busy_writes_leave_together_at_the_end_of_the_pass_in_order(loop_kind):
     async def scenario():
-        held_writes = busy_held_writes()
-        first, first_peer = await connected_pair(held_writes)
-        second, second_peer = await connected_pair(held_writes)
+        (first, first_peer), (second, second_peer) = await two_busy_pairs()
         first._write(b"one ")
         second._write(b"other")
         first._write(b"two ")
@@ -116,9 +120,7 @@ def test_with_one_request_under_way_writes_and_bookkeeping_happen_at_once(loop_k
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_closing_writes_what_is_held_first_and_aborting_drops_it(loop_kind):
     async def scenario():
-        held_writes = busy_held_writes()
-        closing, closing_peer = await connected_pair(held_writes)
-        aborting, aborting_peer = await connected_pair(held_writes)
+        (closing, closing_peer), (aborting, aborting_peer) = await two_busy_pairs()
         closing._write(b"last words")
         closing.close()
         aborting._write(b"never sent")
@@ -133,9 +135,7 @@ def test_closing_writes_what_is_held_first_and_aborting_drops_it(loop_kind):
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_connection_that_fails_to_write_leaves_the_others_theirs(loop_kind):
     async def scenario():
-        held_writes = busy_held_writes()
-        broken, broken_peer = await connected_pair(held_writes)
-        healthy, healthy_peer = await connected_pair(held_writes)
+        (broken, broken_peer), (healthy, healthy_peer) = await two_busy_pairs()
         broken._write(b"lost")
         healthy._write(b"delivered")
 
