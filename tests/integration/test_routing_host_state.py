@@ -54,6 +54,8 @@ CUBE_CASES = {
     "cube_custom_slash30": dict(sandbox_cidr="192.168.0.0/18", cidr="172.31.255.252/30"),
 }
 
+CUBE_DEVICES = ("cube-router", "cr-egress")
+
 EGRESS_IP, EXIT_IP = "10.147.17.5", "10.147.17.1"
 POLICY_CASES = {
     # The egress_node role's fail-closed table, rule and routes.
@@ -109,8 +111,9 @@ def host_state(ns, roots, tmp_path):
         "nft": ns.run(["nft", "list", "ruleset"]).stdout,
         "tc": dict((link["ifname"], ns.run(["tc", "filter", "show", "dev", link["ifname"], "egress"]).stdout)
                    for link in links),
+        # What the modules set (the other values a namespace inherits from the machine).
         "sysctl": dict((key, ns.sysctl(key)) for key in ["net.ipv4.ip_forward"] + [
-            "net.ipv4.conf.%s.rp_filter" % link["ifname"] for link in links]),
+            "net.ipv4.conf.%s.rp_filter" % link["ifname"] for link in links if link["ifname"] in CUBE_DEVICES]),
         "files": {},
     }
     for root in roots:
@@ -158,6 +161,7 @@ def node():
     with Netns() as host, Netns() as exit_ns:
         for ns in (host, exit_ns):
             ns.sysctl("net.ipv6.conf.default.addr_gen_mode", 1)
+        host.sysctl("net.ipv4.ip_forward", 0)  # a new namespace inherits the machine's
         veth(host, "tun0", exit_ns, "tun0")
         veth(host, "uplink", exit_ns, "uplink")
         host.ip("addr add %s/24 dev tun0" % EGRESS_IP)
