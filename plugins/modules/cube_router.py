@@ -39,7 +39,6 @@ description:
   - Enabling (or recreating) cube-router interrupts existing outbound connections of running sandboxes;
     the module says so in a warning. The host's default route is never touched unless O(routes) says so.
 requirements:
-  - pyroute2
   - netaddr
   - iproute2 (C(ip), C(tc)) and nftables (C(nft)) on the host
 options:
@@ -303,40 +302,25 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import cu
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_router_addresses import (
     CubeRouterAddressError,
     derive_addresses,
-    netaddr,
 )
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_router_host import (
-    IPRoute,
     HostReader,
     dummy_available,
+    link_name,
+)
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.routing import (
+    DECLARABLE_ROUTE_TYPES,
+    SpecError,
+    atomic_write,
+    netaddr,
+    read_file,
+    remove_file,
 )
 
 STATE_FILE = "state.json"
 APPLY = "apply.sh"
 TEARDOWN = "teardown.sh"
 NFT = "cube-router.nft"
-
-
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except IOError:
-        return None
-
-
-def _write(path, text, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
-
-
-def _remove(path):
-    if os.path.lexists(path):
-        os.unlink(path)
 
 
 class CubeRouter(object):
@@ -346,7 +330,7 @@ class CubeRouter(object):
         self.paths = dict((name, os.path.join(params["state_dir"], name)) for name in (STATE_FILE, APPLY, TEARDOWN, NFT))
         self.unit = os.path.join(params["unit_dir"], cr.UNIT_NAME)
         self.wants = os.path.join(params["unit_dir"], "multi-user.target.wants", cr.UNIT_NAME)
-        record = _read(self.paths[STATE_FILE])
+        record = read_file(self.paths[STATE_FILE])
         self.previous = json.loads(record) if record else None
         self.reader = HostReader(module.run_command)
 
@@ -364,7 +348,7 @@ class CubeRouter(object):
 
     def remove_files(self):
         for path in list(self.paths.values()) + [self.unit, self.wants]:
-            _remove(path)
+            remove_file(path)
         state_dir = self.module.params["state_dir"]
         if os.path.isdir(state_dir) and not os.listdir(state_dir):
             os.rmdir(state_dir)
@@ -374,7 +358,7 @@ class CubeRouter(object):
         """{path: sha256 or None} of the rendered files and the unit's enablement link."""
         state = {}
         for path in wanted:
-            text = _read(path)
+            text = read_file(path)
             state[path] = cr.sha256(text) if text is not None else None
         state[self.wants] = os.path.realpath(self.wants) if os.path.lexists(self.wants) else None
         return state
@@ -386,19 +370,21 @@ class CubeRouter(object):
     # ----- present -----
 
     def addresses(self, params):
-        main_routes = [r for r in self.reader.routes if r["table"] == 254]
+        main_routes = [cr.route_record(r) for r in self.reader.routes if r.table == cr.MAIN_TABLE]
         try:
             return derive_addresses(params["sandbox_cidr"], cidr=params["cidr"], device=params["device"],
                                     interface_addresses=self.reader.addresses, routes=main_routes)
         except CubeRouterAddressError as exc:
             self.module.fail_json(msg=str(exc), rule=exc.rule, changes=[])
+        except SpecError as exc:
+            self.module.fail_json(msg=str(exc), changes=[])
 
     def present(self):
         module, params = self.module, self.module.params
         addresses = self.addresses(params)
         try:
             spec = cr.build_spec(params, addresses)
-        except cr.SpecError as exc:
+        except SpecError as exc:
             module.fail_json(msg=str(exc), changes=[])
         previous = self.previous["spec"] if self.previous else None
         existing_kind = self.reader.device_kind(spec["device"])
@@ -409,7 +395,7 @@ class CubeRouter(object):
                 module.fail_json(msg="device: %s already exists as a %s link that this module did not create"
                                  % (spec["device"], existing_kind), changes=[])
         created = set([spec["device"], spec["peer"]] + [t["name"] for t in spec["tunnels"]])
-        known = set(link.get_attr("IFLA_IFNAME") for link in self.reader.links) | created
+        known = set(link_name(link) for link in self.reader.links) | created
         for option, items in (("routes", spec["routes"]), ("tunnels", spec["tunnels"])):
             for index, item in enumerate(items):
                 if item.get("dev") and item["dev"] not in known:
@@ -432,10 +418,10 @@ class CubeRouter(object):
         forwarding_before = self.previous["forwarding_before"] if self.previous else self.reader.forwarding()
         # Host routes the operator routes replaced: those still replaced are carried over (a previous
         # teardown restores the others), newly replaced ones are read from the host.
-        keys = set(cr.route_key(r) for r in spec["routes"])
-        replaced = dict((cr.route_text(r), r) for r in (self.previous or {}).get("replaced_routes", [])
-                        if cr.route_key(r) in keys)
-        replaced.update((cr.route_text(r), r) for r in self.reader.replaced_routes(
+        keys = set(r.key for r in cr.operator_routes(spec))
+        replaced = dict((cr.route_text(cr.record_route(r)), r) for r in (self.previous or {}).get("replaced_routes", [])
+                        if cr.record_route(r).key in keys)
+        replaced.update((cr.route_text(cr.record_route(r)), r) for r in self.reader.replaced_routes(
             spec, previous["routes"] if previous else []))
         replaced = [replaced[text] for text in sorted(replaced)]
         files = {
@@ -466,7 +452,7 @@ class CubeRouter(object):
             if previous and previous != spec:
                 self.run_script_text(cr.render_teardown(previous, self.previous.get("replaced_routes", []), None))
         for path, text in files.items():
-            _write(path, text, 0o755 if path.endswith(".sh") else 0o644)
+            atomic_write(module, path, text, 0o755 if path.endswith(".sh") else 0o644)
         if host_changes:
             self.run_script(self.paths[APPLY], cleanup=files[self.paths[TEARDOWN]])
         if params["persist"]:
@@ -474,19 +460,19 @@ class CubeRouter(object):
                 os.makedirs(os.path.dirname(self.wants), exist_ok=True)
                 os.symlink(self.unit, self.wants)
         else:
-            _remove(self.unit)
-            _remove(self.wants)
+            remove_file(self.unit)
+            remove_file(self.wants)
         self.systemd_reload()
         self.reader = HostReader(module.run_command)
         kind = self.reader.device_kind(spec["device"])
         record = dict(spec=spec, replaced_routes=replaced, forwarding_before=forwarding_before, device_kind=kind,
                       firewall_sha=cr.sha256(wanted["firewall"]), firewall_json=self.reader.nft_json())
-        _write(self.paths[STATE_FILE], json.dumps(record, indent=2, sort_keys=True) + "\n", 0o600)
+        atomic_write(module, self.paths[STATE_FILE], json.dumps(record, indent=2, sort_keys=True) + "\n", 0o600)
         return self.finish(result, kind, spec, before, after)
 
     def run_script_text(self, text):
         path = os.path.join(self.module.tmpdir, "cube-router-teardown.sh")
-        _write(path, text, 0o700)
+        atomic_write(self.module, path, text, 0o700)
         self.run_script(path)
 
     def finish(self, result, kind, spec, before, after):
@@ -516,7 +502,7 @@ class CubeRouter(object):
                                  % (spec["device"], self.reader.device_kind(spec["device"])), changes=[])
         before = self.reader.state([spec])
         paths = list(self.paths.values()) + [self.unit]
-        before["files"] = dict((p, cr.sha256(_read(p))) for p in paths if _read(p) is not None)
+        before["files"] = dict((p, cr.sha256(read_file(p))) for p in paths if read_file(p) is not None)
         if os.path.lexists(self.wants):
             before["files"][self.wants] = os.path.realpath(self.wants)
         after = cr.empty_state()
@@ -538,7 +524,7 @@ def main():
     route_spec = dict(
         dst=dict(type="str", required=True), via=dict(type="str"), dev=dict(type="str"), src=dict(type="str"),
         metric=dict(type="int"), table=dict(type="str"),
-        type=dict(type="str", default="unicast", choices=list(cr.ROUTE_TYPES)),
+        type=dict(type="str", default="unicast", choices=list(DECLARABLE_ROUTE_TYPES)),
         onlink=dict(type="bool", default=False))
     rule_spec = {"priority": dict(type="int", required=True), "from": dict(type="str"), "to": dict(type="str"),
                  "iif": dict(type="str"), "oif": dict(type="str"), "table": dict(type="str", required=True)}
@@ -568,8 +554,6 @@ def main():
         required_if=[("state", "present", ["sandbox_cidr"])],
         supports_check_mode=True,
     )
-    if IPRoute is None:
-        module.fail_json(msg=missing_required_lib("pyroute2"))
     if netaddr is None:
         module.fail_json(msg=missing_required_lib("netaddr"))
     try:
