@@ -43,6 +43,10 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.routing i
 )
 
 NFT_TABLE = "liteboxd_cube_router"
+# CubeSandbox's network-agent gives port mappings host ports 20000-29999 by default (host_port_min,
+# host_port_max) and its own SNAT allocates from 30000 (CubeVS's MAX_PORT_START) to 65535.
+SNAT_PORT_MIN = 30000
+PORT_MAPPING_PORTS = "20000-29999"
 UNIT_NAME = "liteboxd-cube-router.service"
 # Operator tables are numbers or the kernel's names; rt_tables files play no part here.
 TABLE_NAMES = dict((name, (number, "builtin")) for name, number in routing.BUILTIN_TABLES.items())
@@ -162,6 +166,26 @@ def normalize_tunnel(index, raw):
     return tunnel
 
 
+def check_snat_ports(snat_port_min, port_mapping_ports):
+    """The MASQUERADE source ports (``snat_port_min``-65535) must stay clear of the host ports that
+    port mappings use (``port_mapping_ports``, "low-high"; empty: nothing on this host maps ports)."""
+    if not 1 <= snat_port_min <= 65535:
+        raise SpecError("snat_port_min", "%d is outside 1-65535" % snat_port_min)
+    if not port_mapping_ports:
+        return
+    low, _sep, high = str(port_mapping_ports).partition("-")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535):
+        raise SpecError("port_mapping_ports", "%r is not a port range like 20000-29999 (or empty)"
+                        % (port_mapping_ports,))
+    if snat_port_min <= int(high):
+        raise SpecError("snat_port_min", (
+            "MASQUERADE source ports %d-65535 overlap the port-mapping range %s (port_mapping_ports), where "
+            "CubeSandbox's network-agent publishes sandbox ports; its own SNAT uses 30000-65535. Set "
+            "snat_port_min above %s, set port_mapping_ports to the range your network-agent uses "
+            "(host_port_min-host_port_max), or to an empty string if nothing maps ports on this host")
+            % (snat_port_min, port_mapping_ports, high))
+
+
 def build_spec(params, addresses):
     """The normalised spec from module parameters and the derived addresses (JSON data: it is also
     the state record)."""
@@ -176,8 +200,7 @@ def build_spec(params, addresses):
             interfaces.append(parse_ifname(source, where))
     if device in interfaces:
         raise SpecError("sandbox_sources", "the cube-router device %s cannot be a sandbox source" % device)
-    if not 1 <= params["snat_port_min"] <= 65535:
-        raise SpecError("snat_port_min", "%d is outside 1-65535" % params["snat_port_min"])
+    check_snat_ports(params["snat_port_min"], params.get("port_mapping_ports"))
     priority = params["rule_priority"]
     if not 0 < priority < 32765:
         raise SpecError("rule_priority", "%d is outside 1-32764 (the rules use it and the next one)" % priority)
@@ -279,7 +302,7 @@ def render_nft(spec):
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ] + normalise + [
         masquerade % ("tcp", " to :%d-65535" % spec["snat_port_min"]),
-        masquerade % ("udp", ""),
+        masquerade % ("udp", " to :%d-65535" % spec["snat_port_min"]),
         masquerade % ("icmp", ""),
         "\t}",
         "}",

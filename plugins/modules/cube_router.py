@@ -29,7 +29,8 @@ description:
     route for the NAT IP; C(net.ipv4.ip_forward=1); an own routing table (O(route_table)) and rules steering
     the sandbox sources into it; a tc loop from the device's egress to its ingress; and the nftables table
     C(ip liteboxd_cube_router) with the FORWARD accepts, the SNAT to the NAT IP and the
-    C(nat POSTROUTING -s <nat-ip> ! -o <device>) MASQUERADE (TCP to ports O(snat_port_min)-65535, UDP, ICMP).
+    C(nat POSTROUTING -s <nat-ip> ! -o <device>) MASQUERADE (TCP and UDP to source ports O(snat_port_min)-65535,
+    ICMP).
   - The device is a C(dummy) link where the kernel has that type; otherwise a C(veth) pair whose peer
     (the device name cut to 13 characters plus C(-p)) only gives the device its carrier. RV(device_kind) says which.
   - Everything is rendered into one script under O(state_dir) that the module runs and, with O(persist), an
@@ -63,9 +64,19 @@ options:
     default: cube-router
   snat_port_min:
     description:
-      - Lowest source port of the final TCP MASQUERADE (up to 65535); keep it above the port-mapping range.
+      - Lowest source port of the final TCP and UDP MASQUERADE (up to 65535). The default is CubeSandbox's
+        SNAT range, 30000-65535.
+      - It must stay above O(port_mapping_ports), or the module fails before any change.
     type: int
-    default: 20000
+    default: 30000
+  port_mapping_ports:
+    description:
+      - The host ports port mappings use on this host, V(low-high) - CubeSandbox's network-agent publishes
+        sandbox ports from C(host_port_min)-C(host_port_max) of its Cubelet config, 20000-29999 by default.
+      - A MASQUERADE source port there could take the port of a published sandbox port, so O(snat_port_min)
+        must be above this range. An empty string says nothing on this host maps ports and turns the check off.
+    type: str
+    default: 20000-29999
   sandbox_sources:
     description:
       - Where sandbox traffic enters the host - IPv4 CIDRs (matched by source address) and/or interface
@@ -539,7 +550,8 @@ def main():
             sandbox_cidr=dict(type="str"),
             cidr=dict(type="str"),
             device=dict(type="str", default="cube-router"),
-            snat_port_min=dict(type="int", default=20000),
+            snat_port_min=dict(type="int", default=cr.SNAT_PORT_MIN),
+            port_mapping_ports=dict(type="str", default=cr.PORT_MAPPING_PORTS),
             sandbox_sources=dict(type="list", elements="str"),
             route_table=dict(type="int", default=3626),
             rule_priority=dict(type="int", default=30100),

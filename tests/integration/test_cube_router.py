@@ -4,6 +4,7 @@ The lab (cube_router_lab.py) has a sandbox behind the host, an internal and an i
 VXLAN tunnel to a remote gateway that MASQUERADEs to the internet echo host.
 """
 import os
+import sys
 import textwrap
 
 import pytest
@@ -70,7 +71,7 @@ def test_check_mode_reports_everything_and_touches_nothing(lab, files):
     assert "192.168.63.254/32 dev cube-router" in after["routes"]
     assert "default via 192.168.63.254 dev cube-router onlink table 3626" in after["routes"]
     assert "pref 30101 from 192.168.0.0/18 lookup 3626" in after["rules"]
-    assert 'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto tcp masquerade to :20000-65535' in after[
+    assert 'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto tcp masquerade to :30000-65535' in after[
         "firewall"]
     assert result["diff"]["before"]["device"] is None and result["diff"]["before"]["firewall"] == ""
     assert any("interrupted" in w for w in warning_texts(result))
@@ -120,6 +121,44 @@ def test_sandbox_egress_follows_the_tunnel_route_and_is_seen_on_cube_router_firs
     assert capture.stop()[0][2].startswith("%s > %s: ICMP echo request" % (REMOTE_GW_IP, ECHO_IP))
     route = lab.host.ip_json("route get %s from %s iif cube-router" % (ECHO_IP, NAT_IP))[0]
     assert route["dev"] == "natvx"
+
+
+UDP_FROM_PORT = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(5)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.sendto(b"who", (sys.argv[3], 7))
+print(sock.recvfrom(512)[0].decode())
+"""
+
+
+def masqueraded_source_port(lab, sandbox_port):
+    """Send UDP from ``sandbox_port`` of the sandbox to the echo host (through the tunnel); return the
+    source port the packet left the tunnel with, after cube-router's MASQUERADE."""
+    capture = lab.capture("udp and dst host %s and dst port 7" % ECHO_IP, 3)
+    lab.sandbox.run([sys.executable, "-c", UDP_FROM_PORT, SANDBOX_IP, str(sandbox_port), ECHO_IP])
+    [(dev, direction, text)] = [p for p in capture.stop() if p[0] == "natvx"]
+    assert direction == "Out" and text.startswith(TUNNEL_HOST_IP + ".")
+    return int(text.split(" > ")[0].rsplit(".", 1)[1])
+
+
+def test_masquerade_source_ports_stay_clear_of_port_mapping(lab, files):
+    """CubeSandbox publishes sandbox ports on host ports 20000-29999: a sandbox connection from such a
+    port leaves with a source port from 30000-65535, CubeSandbox's SNAT range."""
+    cube(lab, args(files))
+    assert 30000 <= masqueraded_source_port(lab, 25000) <= 65535
+    # An operator who says nothing maps ports here may use the whole range: the port is then kept.
+    cube(lab, args(files, snat_port_min=20000, port_mapping_ports=""))
+    assert masqueraded_source_port(lab, 25001) == 25001
+
+
+def test_snat_ports_in_the_port_mapping_range_are_refused_before_any_change(lab, files):
+    before = lab.snapshot()
+    result = cube(lab, args(files, snat_port_min=20000), expect_fail=True)
+    assert result["msg"].startswith("snat_port_min: MASQUERADE source ports 20000-65535 overlap the port-mapping "
+                                    "range 20000-29999")
+    assert lab.snapshot() == before and not os.path.exists(files["state_dir"])
 
 
 def test_private_destination_leaves_by_the_internal_nic_with_its_address(lab, files):

@@ -16,7 +16,8 @@ VXLAN = {"name": "natvx", "kind": "vxlan", "vni": 100, "local": "203.0.113.10", 
 
 
 def params(**extra):
-    result = dict(sandbox_cidr="192.168.0.0/18", cidr=None, device="cube-router", snat_port_min=20000,
+    result = dict(sandbox_cidr="192.168.0.0/18", cidr=None, device="cube-router", snat_port_min=cr.SNAT_PORT_MIN,
+                  port_mapping_ports=cr.PORT_MAPPING_PORTS,
                   sandbox_sources=None, route_table=3626, rule_priority=30100, reply_mark=0x10000000,
                   routes=[], rules=[], tunnels=[])
     result.update(extra)
@@ -62,17 +63,46 @@ def test_firewall_is_the_cube_sandbox_rule_set_in_an_owned_table():
         'iifname "cube-router" ip saddr 192.168.63.254 accept',
         'oifname "cube-router" ip daddr 192.168.63.254 ct state established,related accept',
         'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto tcp masquerade to :31000-65535',
-        'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto udp masquerade',
+        'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto udp masquerade to :31000-65535',
         'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto icmp masquerade',
         "ip saddr 192.168.0.0/18 ct direction reply meta mark set meta mark | 0x10000000",
     ):
         assert "\t\t" + line + "\n" in nft
 
 
+def test_masquerade_ports_default_to_cube_sandboxs_snat_range():
+    nft = cr.render_nft(spec())
+    for proto in ("tcp", "udp"):
+        assert 'meta l4proto %s masquerade to :30000-65535\n' % proto in nft
+
+
+@pytest.mark.parametrize("snat_port_min, port_mapping_ports", [
+    (20000, "20000-29999"),  # the old default: inside CubeSandbox's port-mapping range
+    (29999, "20000-29999"),
+    (1024, "20000-29999"),  # 1024-65535 covers the whole range
+    (30000, "20000-59999"),  # a network-agent with a widened range
+])
+def test_snat_ports_overlapping_port_mapping_are_refused(snat_port_min, port_mapping_ports):
+    with pytest.raises(SpecError) as info:
+        spec(snat_port_min=snat_port_min, port_mapping_ports=port_mapping_ports)
+    message = str(info.value)
+    assert info.value.option == "snat_port_min"
+    assert "%d-65535 overlap the port-mapping range %s" % (snat_port_min, port_mapping_ports) in message
+    assert "port_mapping_ports" in message and "empty string" in message
+
+
+@pytest.mark.parametrize("snat_port_min, port_mapping_ports", [(30000, "20000-29999"), (60000, "20000-59999"),
+                                                              (20000, ""), (20000, None)])
+def test_snat_ports_clear_of_port_mapping_or_told_there_is_none(snat_port_min, port_mapping_ports):
+    assert spec(snat_port_min=snat_port_min, port_mapping_ports=port_mapping_ports)["snat_port_min"] == snat_port_min
+
+
 @pytest.mark.parametrize("extra, option", [
     (dict(device="cube router"), "device"),
     (dict(device="a-very-long-device-name"), "device"),
     (dict(snat_port_min=0), "snat_port_min"),
+    (dict(port_mapping_ports="20000"), "port_mapping_ports"),
+    (dict(port_mapping_ports="29999-20000"), "port_mapping_ports"),
     (dict(rule_priority=32765), "rule_priority"),
     (dict(route_table=254), "route_table"),
     (dict(reply_mark=0x3), "reply_mark"),
