@@ -202,8 +202,9 @@ def build_spec(params, addresses):
         raise SpecError("sandbox_sources", "the cube-router device %s cannot be a sandbox source" % device)
     check_snat_ports(params["snat_port_min"], params.get("port_mapping_ports"))
     priority = params["rule_priority"]
-    if not 0 < priority < 32765:
-        raise SpecError("rule_priority", "%d is outside 1-32764 (the rules use it and the next one)" % priority)
+    if not 0 < priority < 32764:
+        raise SpecError("rule_priority", "%d is outside 1-32763 (the rules use it and the next two, all before "
+                        "the main table's rule at 32766)" % priority)
     reply_mark = params["reply_mark"]
     if not 0 < reply_mark < 2 ** 32 or reply_mark & (reply_mark - 1):
         raise SpecError("reply_mark", "%#x is not a single mark bit" % reply_mark)
@@ -257,17 +258,20 @@ def own_routes(spec):
 def own_rules(spec):
     priority, table, mark = spec["rule_priority"], spec["route_table"], spec["reply_mark"]
 
-    def rule(prio, src=None, iif=None, fwmark=None, lookup=MAIN_TABLE):
-        return Rule("ipv4", prio, src, None, iif, None, fwmark, fwmark, False, "lookup", lookup)
+    def rule(prio, src=None, iif=None, fwmark=None, lookup=MAIN_TABLE, action="lookup"):
+        return Rule("ipv4", prio, src, None, iif, None, fwmark, fwmark, False, action,
+                    lookup if action == "lookup" else None)
 
-    # Packets the loop hands back on the device carry the NAT IP, which may be inside a source CIDR.
-    rules = [rule(priority, iif=spec["device"])]
+    # Packets the loop hands back on the device carry the NAT IP, which may be inside a source CIDR:
+    # the main table routes them, and what it has no route for (a host without a default route) is
+    # refused next, instead of falling through to the steering rules and into the device again.
+    rules = [rule(priority, iif=spec["device"]), rule(priority + 1, iif=spec["device"], action="unreachable")]
     # Replies of connections that did not start in a sandbox (port mapping, in-cluster peers) keep
     # the host's routing: the prerouting chain marks them.
     rules += [rule(priority, src=cidr, fwmark=mark) for cidr in spec["source_cidrs"]]
     rules += [rule(priority, iif=name, fwmark=mark) for name in spec["source_interfaces"]]
-    rules += [rule(priority + 1, src=cidr, lookup=table) for cidr in spec["source_cidrs"]]
-    rules += [rule(priority + 1, iif=name, lookup=table) for name in spec["source_interfaces"]]
+    rules += [rule(priority + 2, src=cidr, lookup=table) for cidr in spec["source_cidrs"]]
+    rules += [rule(priority + 2, iif=name, lookup=table) for name in spec["source_interfaces"]]
     return rules
 
 
@@ -313,7 +317,7 @@ def render_nft(spec):
 def wanted_state(spec, device_kind):
     device = spec["device"]
     return {
-        "device": "%s kind %s up rp_filter 2" % (device, device_kind),
+        "device": "%s kind %s up rp_filter 2 accept_local 1" % (device, device_kind),
         "addresses": ["%s dev %s" % (spec["router_cidr"], device)],
         "neighbours": ["%s lladdr %s dev %s nud permanent" % (spec["nat_ip"], DEVICE_MAC, device)],
         "routes": sorted(route_text(r) for r in own_routes(spec) + operator_routes(spec)),
@@ -338,6 +342,9 @@ def _teardown_lines(spec, restore_routes):
     lines += ["ip link del dev %s 2>/dev/null || true" % name for name in [device] + [t["name"] for t in spec["tunnels"]]]
     for rule in own_rules(spec) + operator_rules(spec):
         lines.append("while ip rule del %s 2>/dev/null; do :; done" % rule_text(rule))
+    # Earlier releases steered at rule_priority + 1.
+    lines.append("while ip rule del pref %d lookup %d 2>/dev/null; do :; done"
+                 % (spec["rule_priority"] + 1, spec["route_table"]))
     lines.append("ip route flush table %d 2>/dev/null || true" % spec["route_table"])
     lines.append("nft delete table ip %s 2>/dev/null || true" % NFT_TABLE)
     if restore_routes is not None:
@@ -377,6 +384,9 @@ def render_apply(spec, nft_path):
         "ip addr replace %s dev %s" % (spec["router_cidr"], device),
         # Replies reach sandbox sources through the device, so the reverse path is not the device.
         "sysctl -qw net.ipv4.conf.%s.rp_filter=2" % device.replace(".", "/"),
+        # ICMP errors the host sends about sandbox traffic (net unreachable, fragmentation needed) go to
+        # the NAT IP from the router IP and loop back in on the device: accept that local source.
+        "sysctl -qw net.ipv4.conf.%s.accept_local=1" % device.replace(".", "/"),
         "ip neigh replace %s lladdr \"$(cat /sys/class/net/%s/address)\" dev %s nud permanent"
         % (spec["nat_ip"], device, device),
         "# Egress of the device loops back into its ingress: the kernel receives the packet on it.",

@@ -120,9 +120,10 @@ class HostReader(object):
             link = self.link(device)
             if link is not None:
                 mac = link["attrs"].get("IFLA_ADDRESS")
-                state["device"] = "%s kind %s %s rp_filter %s" % (
+                conf = "net.ipv4.conf.%s." % device.replace(".", "/")
+                state["device"] = "%s kind %s %s rp_filter %s accept_local %s" % (
                     device, self.device_kind(device), "up" if link["flags"] & IFF_UP else "down",
-                    _sysctl("net.ipv4.conf.%s.rp_filter" % device.replace(".", "/")))
+                    _sysctl(conf + "rp_filter"), _sysctl(conf + "accept_local"))
                 state["addresses"] += ["%s dev %s" % (a["address"], device) for a in self.addresses if a["dev"] == device]
                 for neigh in self.neighbours:
                     if neigh["ifindex"] == link["index"]:
@@ -133,7 +134,7 @@ class HostReader(object):
                 state["steering"] += self._steering(device)
             keys = set(r.key for r in own_routes(spec) + operator_routes(spec))
             routes.update(route_text(r) for r in self.routes if r.key in keys or r.table == spec["route_table"])
-            prefixes = (spec["rule_priority"], spec["rule_priority"] + 1)
+            prefixes = (spec["rule_priority"], spec["rule_priority"] + 1, spec["rule_priority"] + 2)
             wanted_rules = set(rule_text(r) for r in operator_rules(spec))
             rules.update(rule_text(r) for r in self.rules
                          if r is not None and (r.priority in prefixes or rule_text(r) in wanted_rules))

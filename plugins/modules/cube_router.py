@@ -25,9 +25,10 @@ description:
     address + 1 and the NAT IP + 2, and the CIDR must not overlap any interface address or any host route on
     another link. The NAT IP must differ from the router IP and must not be a local address. A broken rule
     fails before anything is changed, with the rule's name in RV(rule).
-  - Host state for O(state=present) - the device up with the router IP; a permanent neighbour entry and a /32
-    route for the NAT IP; C(net.ipv4.ip_forward=1); an own routing table (O(route_table)) and rules steering
-    the sandbox sources into it; a tc loop from the device's egress to its ingress; and the nftables table
+  - Host state for O(state=present) - the device up with the router IP (C(rp_filter=2), C(accept_local=1)); a
+    permanent neighbour entry and a /32 route for the NAT IP; C(net.ipv4.ip_forward=1); an own routing table
+    (O(route_table)) and rules steering the sandbox sources into it (what the device hands back and the main
+    table cannot route is refused, never steered again); a tc loop from the device's egress to its ingress; and the nftables table
     C(ip liteboxd_cube_router) with the FORWARD accepts, the SNAT to the NAT IP and the
     C(nat POSTROUTING -s <nat-ip> ! -o <device>) MASQUERADE (TCP and UDP to source ports O(snat_port_min)-65535,
     ICMP).
@@ -89,8 +90,11 @@ options:
     default: 3626
   rule_priority:
     description:
-      - Priority of the rule that routes packets coming back from the device by the main table; the steering
-        rules use the next priority. Operator rules that should win over steering need a lower number.
+      - Priority of the rule that routes packets coming back from the device by the main table (1 to 32763).
+        At the next priority, what the main table has no route for (a host without a default route) is
+        refused (ICMP net unreachable) instead of being steered into the device again; the steering
+        rules use the priority after that. Operator rules for sandbox traffic, including rules for what the
+        device hands back, need a lower number.
     type: int
     default: 30100
   reply_mark:

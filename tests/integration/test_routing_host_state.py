@@ -113,7 +113,8 @@ def host_state(ns, roots, tmp_path):
                    for link in links),
         # What the modules set (the other values a namespace inherits from the machine).
         "sysctl": dict((key, ns.sysctl(key)) for key in ["net.ipv4.ip_forward"] + [
-            "net.ipv4.conf.%s.rp_filter" % link["ifname"] for link in links if link["ifname"] in CUBE_DEVICES]),
+            "net.ipv4.conf.%s.%s" % (link["ifname"], key) for link in links if link["ifname"] in CUBE_DEVICES
+            for key in ("rp_filter", "accept_local")]),
         "files": {},
     }
     for root in roots:

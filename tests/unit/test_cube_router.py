@@ -35,8 +35,9 @@ def test_defaults_steer_the_sandbox_cidr():
     assert s["source_cidrs"] == ["192.168.0.0/18"] and s["source_interfaces"] == []
     assert [cr.rule_text(r) for r in cr.own_rules(s)] == [
         "pref 30100 iif cube-router lookup main",
+        "pref 30101 iif cube-router unreachable",
         "pref 30100 from 192.168.0.0/18 fwmark 0x10000000/0x10000000 lookup main",
-        "pref 30101 from 192.168.0.0/18 lookup 3626",
+        "pref 30102 from 192.168.0.0/18 lookup 3626",
     ]
     assert [cr.route_text(r) for r in cr.own_routes(s)] == [
         "192.168.63.254/32 dev cube-router",
@@ -51,7 +52,7 @@ def test_sources_mix_cidrs_and_interfaces():
     nft = cr.render_nft(s)
     assert 'oifname "cube-router" ip saddr 10.88.0.0/16 snat to 192.168.63.254' in nft
     assert 'oifname "cube-router" iifname { "cube-br0", "tap+x" } snat to 192.168.63.254' in nft
-    assert "pref 30101 iif cube-br0 lookup 3626" in [cr.rule_text(r) for r in cr.own_rules(s)]
+    assert "pref 30102 iif cube-br0 lookup 3626" in [cr.rule_text(r) for r in cr.own_rules(s)]
 
 
 def test_firewall_is_the_cube_sandbox_rule_set_in_an_owned_table():
@@ -103,7 +104,7 @@ def test_snat_ports_clear_of_port_mapping_or_told_there_is_none(snat_port_min, p
     (dict(snat_port_min=0), "snat_port_min"),
     (dict(port_mapping_ports="20000"), "port_mapping_ports"),
     (dict(port_mapping_ports="29999-20000"), "port_mapping_ports"),
-    (dict(rule_priority=32765), "rule_priority"),
+    (dict(rule_priority=32764), "rule_priority"),
     (dict(route_table=254), "route_table"),
     (dict(reply_mark=0x3), "reply_mark"),
     (dict(sandbox_sources=["fd00::/64"]), "sandbox_sources[0]"),
@@ -143,7 +144,7 @@ def test_operator_routes_and_rules_render_in_ip_syntax():
 
 def test_wanted_state_lists_every_part_for_the_diff():
     state = cr.wanted_state(spec(tunnels=[VXLAN]), "veth")
-    assert state["device"] == "cube-router kind veth up rp_filter 2"
+    assert state["device"] == "cube-router kind veth up rp_filter 2 accept_local 1"
     assert state["neighbours"] == ["192.168.63.254 lladdr <device-mac> dev cube-router nud permanent"]
     assert state["steering"] == ["dev cube-router egress u32 match-all mirred ingress redirect dev cube-router"]
     assert state["sysctl"] == {"net.ipv4.ip_forward": "1"}
@@ -166,7 +167,13 @@ def test_apply_script_tries_dummy_then_veth_and_starts_from_scratch():
     assert "nft -f /etc/liteboxd/cube-router/cube-router.nft" in script
     # Routes before the rules that steer into them.
     assert script.index("ip route replace default via 192.168.63.254 dev cube-router onlink table 3626") < script.index(
-        "ip rule add pref 30101 from 192.168.0.0/18 lookup 3626")
+        "ip rule add pref 30102 from 192.168.0.0/18 lookup 3626")
+    # Packets cube-router hands back that the main table cannot route are refused before steering.
+    assert script.index("ip rule add pref 30100 iif cube-router lookup main") < script.index(
+        "ip rule add pref 30101 iif cube-router unreachable")
+    # A host set up by an earlier release, which steered at 30101, is cleaned up first.
+    assert script.index("while ip rule del pref 30101 lookup 3626 2>/dev/null; do :; done") < script.index(
+        "ip rule add pref 30102 from 192.168.0.0/18 lookup 3626")
 
 
 def test_teardown_restores_replaced_routes_and_forwarding():
