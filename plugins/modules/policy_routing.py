@@ -176,13 +176,21 @@ options:
     description:
       - Also write the present routes and rules of this task to this file (mode C(0644), replaced
         atomically; a missing directory is created), for a service that re-applies them at boot and
-        when a device comes back: C(route replace ...) lines for C(ip -batch) and C(rule [-6] <selector>)
-        lines to add when C(ip rule show) lacks them. Tables are written by number.
+        when a device comes back. It holds C(route replace ...) lines for C(ip -batch), then C(rule [-6] <selector>)
+        lines to add when C(ip rule show) lacks them; tables are written by number.
       - The file is rendered from the same routes and rules the module applies, so the two cannot
         disagree. In check mode it is compared, not written (RV(batch_file.written) is false).
     type: path
 notes:
   - Works in the network namespace it runs in (for example under C(ip netns exec)).
+  - Speed, measured with C(tests/bench/policy_routing_bench.py) (1,000 routes in 100 tables and 100 rules in
+    one task, the module run as Ansible runs it, on a 2-core machine) - the first apply takes 0.25-0.29 s and
+    a run that changes nothing 0.23-0.25 s (0.19-0.27 s under Debian 12's python3), where the same state as a
+    shell loop of C(ip) commands takes 0.8-1.0 s and its re-run 1.0-1.3 s (3.5-4x). About 0.14 s of each run
+    is the interpreter starting and importing AnsibleModule; validating the 1,000 route items and echoing
+    them in the result cost another 0.1 s. The module reads each object kind in one netlink dump, sends its
+    changes in batches and imports nothing heavier than netaddr. The design before (pyroute2, one request per
+    change) took 0.8-1.4 s and 0.5-0.65 s on the same machine.
   - A gateway the kernel cannot reach is only detected when the kernel refuses the route, so check
     mode cannot predict that failure; the real run then undoes its earlier changes and fails.
 '''
