@@ -22,6 +22,8 @@ description:
   - An object changed by hand is put back. O(state=absent) deletes the policy. Sandboxes with internet access
     then leave through their own node again, as the seed's rollback describes.
   - Cilium's datapath applies the policy. Here the API server validates and stores it.
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:

@@ -29,6 +29,8 @@ description:
   - The Pod mounts no service-account token and gets no service links. A sandbox has no business with the
     Kubernetes API, and the base policies block it as well.
   - Enforcement of the network policies is Cilium's datapath on the nodes.
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:

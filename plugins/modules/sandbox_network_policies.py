@@ -31,6 +31,8 @@ description:
     sandbox, and this module leaves them alone.
   - The policies are enforced by Cilium's datapath on the nodes. This module makes the API server store
     them (validated by its schemas). Check the datapath with C(cilium policy get) or Hubble on a cluster.
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:

@@ -21,6 +21,8 @@ description:
   - Reads the member first and posts only the fields that differ, so a second run changes nothing.
   - Network id, node id and addresses are validated before any request is made.
 version_added: "0.1.0"
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
 options:
