@@ -371,12 +371,13 @@ def route_matches(wanted, current):
             and (wanted.dev is None or wanted.dev == current.dev))
 
 
-def route_text(route, names=BUILTIN_TABLE_NAMES, batch=False):
+def route_text(route, names=None, batch=False):
     """``ip route`` arguments, e.g. ``default via 10.0.0.1 dev zt0 table egress metric 100``.
 
     ``names`` maps table ids to the names to print (numbers otherwise; main is left out, as ``ip``
     does). ``batch``: a line for ``ip -batch``, which also names the protocol and spells the IPv6
     default as ``::/0`` (``default`` alone would mean IPv4 there)."""
+    names = BUILTIN_TABLE_NAMES if names is None else names
     words = [] if route.type == 'unicast' else [route.type]
     if route.dst == _default_dst(route.family) and not (batch and route.family == 'ipv6'):
         words.append('default')
@@ -568,9 +569,10 @@ def _rule_words(rule, names):
     return words
 
 
-def rule_text(rule, names=BUILTIN_TABLE_NAMES):
-    """``ip rule add`` arguments, e.g. ``pref 30101 from 192.168.0.0/18 lookup 3626``."""
-    return ' '.join(['pref', str(rule.priority)] + _rule_words(rule, names))
+def rule_text(rule, names=None):
+    """``ip rule add`` arguments, e.g. ``pref 30102 from 192.168.0.0/18 lookup 3626``; ``names`` as
+    for route_text."""
+    return ' '.join(['pref', str(rule.priority)] + _rule_words(rule, BUILTIN_TABLE_NAMES if names is None else names))
 
 
 def rule_show_text(rule, names):
@@ -646,7 +648,7 @@ def batch_lines(routes, rules):
     depends on rt_tables being readable at boot: ``route replace ...`` lines (ip -batch commands),
     then ``rule [-6] <selector and target>`` lines, which the egress node's keeper adds when
     ``ip rule show`` does not list them (``ip rule`` reads IPv4 unless told -6)."""
-    lines = ['route replace %s' % route_text(route, BUILTIN_TABLE_NAMES, batch=True) for route in routes]
+    lines = ['route replace %s' % route_text(route, batch=True) for route in routes]
     lines += ['rule %s%s' % ('-6 ' if rule.family == 'ipv6' else '', rule_text(rule)) for rule in rules]
     return lines
 

@@ -92,8 +92,8 @@ def test_snat_ports_overlapping_port_mapping_are_refused(snat_port_min, port_map
     assert "port_mapping_ports" in message and "empty string" in message
 
 
-@pytest.mark.parametrize("snat_port_min, port_mapping_ports", [(30000, "20000-29999"), (60000, "20000-59999"),
-                                                              (20000, ""), (20000, None)])
+@pytest.mark.parametrize("snat_port_min, port_mapping_ports", [
+    (30000, "20000-29999"), (60000, "20000-59999"), (20000, ""), (20000, None)])
 def test_snat_ports_clear_of_port_mapping_or_told_there_is_none(snat_port_min, port_mapping_ports):
     assert spec(snat_port_min=snat_port_min, port_mapping_ports=port_mapping_ports)["snat_port_min"] == snat_port_min
 
