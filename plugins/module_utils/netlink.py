@@ -32,8 +32,9 @@ NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLMSGERR_ATTR_MSG = 1
 NLA_TYPE_MASK = 0x3fff
-# Requests sent before their acknowledgements are read: keeps both socket buffers far from full.
-BATCH = 256
+# Requests sent before their acknowledgements are read. Each acknowledgement occupies about 1 KiB of
+# the receive buffer (212 KiB by default); a lost one would leave a change unaccounted for.
+BATCH = 64
 
 _NLMSGHDR = struct.Struct('=IHHII')
 _NLATTR = struct.Struct('=HH')
