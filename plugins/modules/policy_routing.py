@@ -28,6 +28,16 @@ author:
 requirements:
   - pyroute2
   - netaddr
+extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: linux
+    details: Reads and changes the Linux kernel's routing tables and policy rules over netlink (root).
 options:
   tables:
     description:
@@ -314,7 +324,7 @@ def _check_tables_used(declared, routes_present, rules_present):
             raise netlink.SpecError('%s.table: table %s is declared absent' % (item['where'], gone[item['table']]))
 
 
-def main():
+def argument_spec():
     table_spec = dict(
         name=dict(type='str', required=True),
         id=dict(type='int'),
@@ -345,13 +355,17 @@ def main():
         family=dict(type='str', choices=['ipv4', 'ipv6']),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
     )
+    return dict(
+        tables=dict(type='list', elements='dict', options=table_spec, default=[]),
+        rules=dict(type='list', elements='dict', options=rule_spec, default=[]),
+        routes=dict(type='list', elements='dict', options=route_spec, default=[]),
+        rt_tables_dir=dict(type='path', default=netlink.RT_TABLES_DIR),
+    )
+
+
+def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            tables=dict(type='list', elements='dict', options=table_spec, default=[]),
-            rules=dict(type='list', elements='dict', options=rule_spec, default=[]),
-            routes=dict(type='list', elements='dict', options=route_spec, default=[]),
-            rt_tables_dir=dict(type='path', default=netlink.RT_TABLES_DIR),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     if not netlink.HAS_NETADDR:

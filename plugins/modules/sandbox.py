@@ -32,14 +32,14 @@ description:
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.kubernetes
   - liteboxd.sandbox_network.k8s_auth
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Writes are sent with server-side dry run. No token is generated or returned in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details: Token annotations are shown as C(<redacted>).
 options:
