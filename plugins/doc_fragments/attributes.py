@@ -30,3 +30,11 @@ attributes:
     platforms: posix
     details: Runs where the task runs (usually the controller) and talks to the Kubernetes API server over HTTPS.
 """
+
+    # The platform of the netlink modules (policy_routing, cube_router).
+    LINUX = r"""
+attributes:
+  platform:
+    platforms: linux
+    details: Reads and changes the networking state of the Linux kernel it runs on, over netlink, as root.
+"""

@@ -44,14 +44,12 @@ requirements:
   - iproute2 (C(ip), C(tc)) and nftables (C(nft)) on the host
 extends_documentation_fragment:
   - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.linux
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-  platform:
-    platforms: linux
-    details: Changes the Linux kernel's links, routes, rules, tc and nftables state of the host it runs on (root).
 options:
   state:
     description: Whether route-aware egress is configured (V(present)) or removed without a trace (V(absent)).

@@ -30,14 +30,12 @@ requirements:
   - netaddr
 extends_documentation_fragment:
   - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.linux
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-  platform:
-    platforms: linux
-    details: Reads and changes the Linux kernel's routing tables and policy rules over netlink (root).
 options:
   tables:
     description:

@@ -21,6 +21,7 @@ import sys
 import pytest
 from kubernetes import client
 
+from tests.integration.test_module_defaults_role import cluster_state
 from tests.lib.awx import Job, credential_type
 from tests.lib.zerotier_stub import ZeroTierStub
 
@@ -44,17 +45,6 @@ def inventory(egress_nodes=(), hostvars=None):
 def zerotier_credential(job, stub):
     job.inject_custom(credential_type("zerotier_api"),
                       {"api": "central", "api_url": stub.central_url, "token": stub.central_token})
-
-
-def cluster_policies(server, namespace, egress_name):
-    api_client = server.api_client()
-    custom = client.CustomObjectsApi(api_client)
-    names = {p.metadata.name for p in client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items}
-    names |= {p["metadata"]["name"] for p in custom.list_namespaced_custom_object(
-        "cilium.io", "v2", namespace, "ciliumnetworkpolicies")["items"]}
-    egress = [p for p in custom.list_cluster_custom_object("cilium.io", "v2", "ciliumegressgatewaypolicies")["items"]
-              if p["metadata"]["name"] == egress_name]
-    return names, egress
 
 
 def assert_no_secret(result, *secrets):
@@ -100,18 +90,18 @@ def test_deploy_job_applies_the_policies_and_rollback_removes_them(auth, kube_ap
 
     deploy = job("deploy", "deploy.yml", {}, ["sandbox_policies"])
     deployed = deploy.run()
-    names, egress = cluster_policies(kube_apiserver, kube_namespace, egress_name)
+    names, egress = cluster_state(kube_apiserver, kube_namespace, egress_name)
     rollback = job("rollback", "rollback.yml", {"rollback_sandbox_policies": True}, ["cluster"])
     rolled_back = rollback.run()
-    names_after, egress_after = cluster_policies(kube_apiserver, kube_namespace, egress_name)
+    names_after, egress_after = cluster_state(kube_apiserver, kube_namespace, egress_name)
 
     assert_successful(deployed)
     assert names == {"default-deny-all", "allow-dns", "deny-k8s-api", "allow-gateway-ingress",
                      "allow-gateway-ingress-from-hosts", "allow-internet-egress"}
-    assert egress[0]["spec"]["egressGateway"]["egressIP"] == EGRESS_IP
+    assert egress["spec"]["egressGateway"]["egressIP"] == EGRESS_IP
     assert deploy.stats()["changed"] == {"localhost": 2}
     assert_successful(rolled_back)
-    assert names_after == set() and egress_after == []
+    assert names_after == set() and egress_after is None
     for result in (deployed, rolled_back):
         assert_no_secret(result, kube_apiserver.token, zerotier_stub.central_token)
 
