@@ -9,11 +9,11 @@ cd "$LITEBOXD_ROOT" || exit 1
 main_site=$("$VIRTUAL_ENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 controller_pins=$(grep -v -e '^#' -e '^ansible-core' requirements/controller.txt)
 oldest_key=$(cat requirements/oldest.txt requirements/test.txt <(echo "$controller_pins") \
-             | cat - <("$python" --version) | sha256sum | cut -c1-12)
+             | cat - <("${LITEBOXD_PYTHON:-python3}" --version) | sha256sum | cut -c1-12)
 oldest="$LITEBOXD_CACHE/venv-oldest-$oldest_key"
 # shellcheck disable=SC2086 # the pins are separate arguments
 make_venv "$oldest" "the oldest claimed ansible-core's virtualenv (about a minute)" \
-  "$python" -m venv -- -r requirements/oldest.txt $controller_pins
+  "${LITEBOXD_PYTHON:-python3}" -m venv -- -r requirements/oldest.txt $controller_pins
 export VIRTUAL_ENV="$oldest" PATH="$oldest/bin:$PATH"
 ANSIBLE_COLLECTIONS_PATH="$("$oldest/bin/python" -c 'from tests.lib.collection import install_on_path; print(install_on_path())'):$main_site"
 export ANSIBLE_COLLECTIONS_PATH

@@ -64,7 +64,7 @@ def test_the_type_is_one_awx_accepts(path):
         # Every name a template uses is an input, or the files AWX wrote (tower.filename).
         assert meta.find_undeclared_variables(environment.parse(template)) <= set(ids) | {"tower"}
     for secret in (field["id"] for field in fields if field.get("secret")):
-        uses = [key for _, key, template in templates(injectors) if secret in template]
+        uses = [entry[1] for entry in templates(injectors) if secret in entry[2]]
         assert uses, "secret input %s is injected nowhere" % secret
 
 

@@ -45,7 +45,7 @@ def mismatches(documented, spec, path=""):
 
 def fragment(slug):
     """A fragment named as in extends_documentation_fragment: `ns.coll.name` or `ns.coll.name.variable`."""
-    name, _, variable = slug[len(COLLECTION):].partition(".")
+    name, variable = (slug[len(COLLECTION):].split(".", 1) + [""])[:2]
     source = importlib.import_module("%s.doc_fragments.%s" % (PACKAGE, name)).ModuleDocFragment
     return yaml.safe_load(getattr(source, variable.upper() or "DOCUMENTATION"))
 
