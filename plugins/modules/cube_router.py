@@ -43,6 +43,14 @@ description:
 requirements:
   - netaddr
   - iproute2 (C(ip), C(tc)) and nftables (C(nft)) on the host
+extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.linux
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   state:
     description: Whether route-aware egress is configured (V(present)) or removed without a trace (V(absent)).
@@ -269,6 +277,11 @@ router_ip:
   returned: state is present
   type: str
   sample: 192.168.63.253
+router_cidr:
+  description: The router IP with the prefix length it has on the device (always C(/32)).
+  returned: state is present
+  type: str
+  sample: 192.168.63.253/32
 nat_ip:
   description: Internal SNAT IP sandbox traffic is normalised to.
   returned: state is present
@@ -535,7 +548,7 @@ class CubeRouter(object):
         module.exit_json(**result)
 
 
-def main():
+def argument_spec():
     route_spec = dict(
         dst=dict(type="str", required=True), via=dict(type="str"), dev=dict(type="str"), src=dict(type="str"),
         metric=dict(type="int"), table=dict(type="str"),
@@ -548,25 +561,29 @@ def main():
         local=dict(type="str"), remote=dict(type="str", required=True), vni=dict(type="int"),
         dstport=dict(type="int", default=4789), dev=dict(type="str"), ttl=dict(type="int", default=255),
         key=dict(type="int", no_log=False), address=dict(type="str"), mtu=dict(type="int"))
+    return dict(
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        sandbox_cidr=dict(type="str"),
+        cidr=dict(type="str"),
+        device=dict(type="str", default="cube-router"),
+        snat_port_min=dict(type="int", default=cr.SNAT_PORT_MIN),
+        port_mapping_ports=dict(type="str", default=cr.PORT_MAPPING_PORTS),
+        sandbox_sources=dict(type="list", elements="str"),
+        route_table=dict(type="int", default=3626),
+        rule_priority=dict(type="int", default=30100),
+        reply_mark=dict(type="int", default=0x10000000),
+        routes=dict(type="list", elements="dict", default=[], options=route_spec),
+        rules=dict(type="list", elements="dict", default=[], options=rule_spec),
+        tunnels=dict(type="list", elements="dict", default=[], options=tunnel_spec),
+        persist=dict(type="bool", default=True),
+        state_dir=dict(type="path", default="/etc/liteboxd/cube-router"),
+        unit_dir=dict(type="path", default="/etc/systemd/system"),
+    )
+
+
+def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            sandbox_cidr=dict(type="str"),
-            cidr=dict(type="str"),
-            device=dict(type="str", default="cube-router"),
-            snat_port_min=dict(type="int", default=cr.SNAT_PORT_MIN),
-            port_mapping_ports=dict(type="str", default=cr.PORT_MAPPING_PORTS),
-            sandbox_sources=dict(type="list", elements="str"),
-            route_table=dict(type="int", default=3626),
-            rule_priority=dict(type="int", default=30100),
-            reply_mark=dict(type="int", default=0x10000000),
-            routes=dict(type="list", elements="dict", default=[], options=route_spec),
-            rules=dict(type="list", elements="dict", default=[], options=rule_spec),
-            tunnels=dict(type="list", elements="dict", default=[], options=tunnel_spec),
-            persist=dict(type="bool", default=True),
-            state_dir=dict(type="path", default="/etc/liteboxd/cube-router"),
-            unit_dir=dict(type="path", default="/etc/systemd/system"),
-        ),
+        argument_spec=argument_spec(),
         required_if=[("state", "present", ["sandbox_cidr"])],
         supports_check_mode=True,
     )

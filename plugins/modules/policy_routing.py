@@ -27,6 +27,14 @@ author:
   - LiteBoxd platform team (@liteboxd)
 requirements:
   - netaddr
+extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.linux
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   tables:
     description:
@@ -344,7 +352,7 @@ def batch_file_content(declared, names):
     return '\n'.join(lines + routing.batch_lines(declared.routes_present, declared.rules_present)) + '\n'
 
 
-def main():
+def argument_spec():
     table_spec = dict(
         name=dict(type='str', required=True),
         id=dict(type='int'),
@@ -375,14 +383,18 @@ def main():
         family=dict(type='str', choices=['ipv4', 'ipv6']),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
     )
+    return dict(
+        tables=dict(type='list', elements='dict', options=table_spec, default=[]),
+        rules=dict(type='list', elements='dict', options=rule_spec, default=[]),
+        routes=dict(type='list', elements='dict', options=route_spec, default=[]),
+        rt_tables_dir=dict(type='path', default=routing.RT_TABLES_DIR),
+        batch_file=dict(type='path'),
+    )
+
+
+def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            tables=dict(type='list', elements='dict', options=table_spec, default=[]),
-            rules=dict(type='list', elements='dict', options=rule_spec, default=[]),
-            routes=dict(type='list', elements='dict', options=route_spec, default=[]),
-            rt_tables_dir=dict(type='path', default=routing.RT_TABLES_DIR),
-            batch_file=dict(type='path'),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     if routing.netaddr is None:

@@ -16,7 +16,7 @@ description:
     the labels the network policies and the gateway select, C(liteboxd.io/sandbox=true),
     C(liteboxd.io/sandbox-id=<name>) and C(app.kubernetes.io/managed-by=liteboxd.sandbox_network).
     C(liteboxd.io/internet-access=true) is added when O(network.allow_internet_access) is set.
-  - On creation only, generates an access token (C(secrets.token_urlsafe(32)), 256 bits). It is stored in the
+  - On creation only, generates an access token (Python's C(secrets.token_urlsafe) of 32 bytes, 256 bits). It is stored in the
     annotation C(liteboxd.io/access-token), or only its SHA-256 (lowercase hex) in
     C(liteboxd.io/access-token-sha256) with O(token_storage=hash). It is returned once, in RV(access_token).
     Later runs keep it. O(rotate_token=true) replaces it and returns the new one.
@@ -34,14 +34,14 @@ requirements:
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.kubernetes
   - liteboxd.sandbox_network.k8s_auth
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Writes are sent with server-side dry run. No token is generated or returned in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details: Token annotations are shown as C(<redacted>).
 options:
