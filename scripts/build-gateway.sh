@@ -15,8 +15,9 @@
 # environment's Python, so only when that is CPython of the hosts' version on a glibc no newer than
 # theirs; otherwise, without a C compiler, or with LITEBOXD_GATEWAY_NO_EXTENSIONS=1, the wheelhouse
 # holds the pure-Python wheel only, and says so. Everything is cached by content hash under
-# $LITEBOXD_CACHE/gateway; gateway/dist/wheelhouse links to the checkout's current wheelhouse
-# (where the role looks by default). The last lines of stdout are what was built, as NAME=VALUE.
+# $LITEBOXD_CACHE/gateway; gateway/dist/wheelhouse (LITEBOXD_GATEWAY_DIST/wheelhouse) links to the
+# checkout's current wheelhouse, where the role looks by default. stdout is what was built, as
+# NAME=VALUE lines; progress goes to stderr.
 # shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
 cd "$LITEBOXD_ROOT" || exit 1
@@ -26,7 +27,8 @@ host_python=${LITEBOXD_GATEWAY_HOST_PYTHON:-3.11}
 host_glibc=${LITEBOXD_GATEWAY_HOST_GLIBC:-2.36}
 arch=$(uname -m)
 cache="$LITEBOXD_CACHE/gateway"
-mkdir -p "$cache" gateway/dist
+dist=${LITEBOXD_GATEWAY_DIST:-gateway/dist}
+mkdir -p "$cache" "$dist"
 script_hash=$(sha256sum "$0" | cut -c1-16)
 
 # What pip may install on the hosts: CPython $host_python wheels for manylinux up to their glibc,
@@ -43,7 +45,7 @@ project_files() {
 builder=$(python -c 'import platform, sys; print(platform.python_implementation(), "%d.%d" % sys.version_info[:2])')
 builder_glibc=$(getconf GNU_LIBC_VERSION | awk '{print $2}')
 wheelhouse_key=$({ project_files | xargs sha256sum; echo "$host_python $host_glibc $arch $builder $builder_glibc";
-                   echo "${LITEBOXD_GATEWAY_NO_EXTENSIONS:-} $script_hash"; } | sha256sum | cut -c1-16)
+                   echo "${LITEBOXD_GATEWAY_NO_EXTENSIONS:-} ${CC:-} $script_hash"; } | sha256sum | cut -c1-16)
 wheelhouse="$cache/wheelhouse-$wheelhouse_key"
 
 # build_wheel DEST [ENV=VALUE...]: the gateway's wheel from a clean copy of the project (an
@@ -125,8 +127,9 @@ if [[ ! -e "$wheelhouse/requirements.txt" ]]; then
   flock -u "$lock"
 fi
 touch "$wheelhouse"
-ln -sfn "$wheelhouse" gateway/dist/wheelhouse.new && mv -T gateway/dist/wheelhouse.new gateway/dist/wheelhouse
-log "wheelhouse $wheelhouse ($(du -sh "$wheelhouse" | cut -f1)): $(cd "$wheelhouse" && ls ./*.whl | grep -c .) wheels"
+ln -sfn "$wheelhouse" "$dist/wheelhouse.new" && mv -T "$dist/wheelhouse.new" "$dist/wheelhouse"
+wheels=("$wheelhouse"/*.whl)
+log "wheelhouse $wheelhouse ($(du -sh "$wheelhouse" | cut -f1)): ${#wheels[@]} wheels"
 echo "wheelhouse=$wheelhouse"
 [[ "${1:-}" == image ]] || exit 0
 
@@ -135,7 +138,16 @@ echo "wheelhouse=$wheelhouse"
 # shell, apt or dpkg's database (the extract variant installs nothing else), stdlib byte-compiled
 # (the root filesystem is read-only at run time), and a passwd entry for uid 65532.
 base_packages=python3-minimal,libpython3.11-stdlib,python3.11-venv
-base_key=$(printf '%s\n%s\n' "$base_packages" "$script_hash" | sha256sum | cut -c1-12)
+# The extract variant runs only extract hooks. glibc's gconv modules serve iconv, which Python does
+# not use. "$1" is the root being built, expanded by mmdebstrap.
+# shellcheck disable=SC2016
+base_hooks=(
+  --extract-hook='rm -rf "$1"/usr/share/doc "$1"/usr/share/man "$1"/usr/share/locale "$1"/usr/share/info "$1"/usr/lib/*-linux-gnu/gconv'
+  --extract-hook='chroot "$1" /usr/bin/python3.11 -m compileall -q /usr/lib/python3.11 >/dev/null'
+  --extract-hook='printf "root:x:0:0:root:/root:/usr/sbin/nologin\ngateway:x:65532:65532:liteboxd-gateway:/nonexistent:/usr/sbin/nologin\n" >"$1/etc/passwd"'
+  --extract-hook='printf "root:x:0:\ngateway:x:65532:\n" >"$1/etc/group"'
+)
+base_key=$(printf '%s\n' "$base_packages" "${base_hooks[@]}" | sha256sum | cut -c1-12)
 base="localhost/liteboxd-gateway-base:bookworm-$base_key"
 base_archive="$cache/base-$base_key.tar"
 if ! podman image exists "$base"; then
@@ -145,24 +157,21 @@ if ! podman image exists "$base"; then
     mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
     work=$(mktemp -d)
     log "building the image's base with mmdebstrap from ${mirror:-http://deb.debian.org/debian} (about 30 s)"
-    # The extract variant runs only extract hooks. glibc's gconv modules serve iconv, which Python
-    # does not use.
-    # shellcheck disable=SC2016  # "$1" is the root being built, expanded by mmdebstrap's hooks
-    mmdebstrap --variant=extract --include="$base_packages" \
-      --extract-hook='rm -rf "$1"/usr/share/doc "$1"/usr/share/man "$1"/usr/share/locale "$1"/usr/share/info "$1"/usr/lib/*-linux-gnu/gconv' \
-      --extract-hook='chroot "$1" /usr/bin/python3.11 -m compileall -q /usr/lib/python3.11 >/dev/null' \
-      --extract-hook='printf "root:x:0:0:root:/root:/usr/sbin/nologin\ngateway:x:65532:65532:liteboxd-gateway:/nonexistent:/usr/sbin/nologin\n" >"$1/etc/passwd"' \
-      --extract-hook='printf "root:x:0:\ngateway:x:65532:\n" >"$1/etc/group"' \
+    mmdebstrap --variant=extract --include="$base_packages" "${base_hooks[@]}" \
       bookworm "$work/rootfs.tar" "${mirror:-http://deb.debian.org/debian}" 2>&1 \
-      | while read -r line; do case "$line" in E:*|W:*) log "$line";; esac; done
+      | while read -r line; do case "$line" in E:*) log "$line";; esac; done
     podman import -q --change "LABEL io.liteboxd.gateway.base=$base_key" "$work/rootfs.tar" "$base" >/dev/null
     rm -rf "$work"
     rm -f "$cache"/base-*.tar
+    for old in $(podman images --format '{{.Tag}}' localhost/liteboxd-gateway-base); do
+      [[ $old == "bookworm-$base_key" ]] || podman rmi "localhost/liteboxd-gateway-base:$old" >/dev/null 2>&1 || true
+    done
     podman save -q -o "$base_archive.tmp" "$base" && mv "$base_archive.tmp" "$base_archive"
   fi
 fi
 
-version=$(basename "$(ls "$wheelhouse"/liteboxd_gateway-*-py3-none-any.whl)" | cut -d- -f2)
+pure=("$wheelhouse"/liteboxd_gateway-*-py3-none-any.whl)
+version=$(basename "${pure[0]}" | cut -d- -f2)
 image_key=$({ sha256sum "$wheelhouse/requirements.txt" gateway/Containerfile | cut -c1-64; echo "$base_key"; } \
             | sha256sum | cut -c1-12)
 image="localhost/liteboxd-gateway:$version-$image_key"
@@ -174,12 +183,16 @@ if ! podman image exists "$image"; then
     context=$(mktemp -d)
     cp -r "$wheelhouse" "$context/wheelhouse"
     log "building $image (offline: --network none, from $base)"
-    podman build -q --network none --pull-never --build-arg "BASE=$base" -f gateway/Containerfile -t "$image" \
-      "$context" >/dev/null
+    podman build -q --layers=false --network none --pull-never --build-arg "BASE=$base" -f gateway/Containerfile \
+      -t "$image" "$context" >/dev/null
     rm -rf "$context"
     # docker-archive: what `k3s ctr images import` and K3s's image directory both read.
     podman save -q --format docker-archive -o "$image_archive.tmp" "$image" && mv "$image_archive.tmp" "$image_archive"
+    # Images of other sources nobody built for a week, from the cache and from Podman's store.
     find "$cache" -maxdepth 1 -name 'image-*.tar' -mtime +7 -delete
+    for old in $(podman images --format '{{.Tag}}' localhost/liteboxd-gateway); do
+      [[ -e "$cache/image-$old.tar" ]] || podman rmi -f "localhost/liteboxd-gateway:$old" >/dev/null
+    done
   fi
 fi
 touch "$image_archive"

@@ -1,0 +1,107 @@
+"""The in-cluster image (`scripts/build-gateway.sh image`) run by Podman as a Deployment would run
+it: its own user, a read-only root filesystem, no capabilities, and the service account's token
+and CA where the kubelet mounts them, against the real API server."""
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+
+import aiohttp
+import pytest
+
+from tests.lib.apiserver import free_port
+from tests.lib.gateway_build import build_gateway
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@pytest.fixture(scope="session")
+def gateway_image() -> dict:
+    return build_gateway("image")
+
+
+def service_account_token(kube_apiserver, namespace) -> str:
+    """A ServiceAccount allowed what the role's Role allows (get/list/watch Pods), and a token for it."""
+    from kubernetes import client
+
+    api = kube_apiserver.api_client()
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "liteboxd-gateway"}})
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "liteboxd-gateway"}, "rules": [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "liteboxd-gateway"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "liteboxd-gateway"},
+        "subjects": [{"kind": "ServiceAccount", "name": "liteboxd-gateway", "namespace": namespace}]})
+    return core.create_namespaced_service_account_token("liteboxd-gateway", namespace, {"spec": {
+        "audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}}).status.token
+
+
+def podman(*args, check=True) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def test_the_image_is_non_root_and_has_no_shell(gateway_image):
+    config = json.loads(podman("image", "inspect", gateway_image["image"]).stdout)[0]["Config"]
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == ["liteboxd-gateway"]
+    # Nothing but the gateway's Python: no shell to run anything else with.
+    shell = podman("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", gateway_image["image"], "-c", "id",
+                   check=False)
+    assert shell.returncode != 0
+    assert int(gateway_image["image_size"]) > 0 and os.path.getsize(gateway_image["image_archive"]) > 0
+
+
+async def test_in_cluster_with_a_service_account_token_it_proxies_with_the_token_only(
+        tmp_path, gateway_image, kube_apiserver, kube_namespace, sandbox_factory):
+    # What the kubelet mounts for a Pod's service account (readable by the Pod's user).
+    secrets = tmp_path / "serviceaccount"
+    secrets.mkdir(mode=0o755)
+    (secrets / "token").write_text(service_account_token(kube_apiserver, kube_namespace))
+    (secrets / "ca.crt").write_bytes(open(kube_apiserver.ca_file, "rb").read())
+    (secrets / "namespace").write_text(kube_namespace)
+    for path in secrets.iterdir():
+        path.chmod(0o644)
+    sandbox = await sandbox_factory()
+    port, metrics_port = free_port(), free_port()
+    name = f"liteboxd-gateway-test-{uuid.uuid4().hex[:8]}"
+    # The host's network namespace: the API server and the sandbox listen on its loopback.
+    podman("run", "--detach", "--name", name, "--network", "host",
+           "--read-only", "--read-only-tmpfs=false", "--cap-drop", "all", "--security-opt", "no-new-privileges",
+           "--volume", f"{secrets}:{SERVICE_ACCOUNT_DIR}:ro",
+           "--env", "KUBERNETES_SERVICE_HOST=127.0.0.1", "--env", f"KUBERNETES_SERVICE_PORT={kube_apiserver.port}",
+           "--env", "LITEBOXD_GATEWAY_LISTEN_HOST=127.0.0.1", "--env", f"LITEBOXD_GATEWAY_PORT={port}",
+           "--env", "LITEBOXD_GATEWAY_METRICS_HOST=127.0.0.1", "--env", f"LITEBOXD_GATEWAY_METRICS_PORT={metrics_port}",
+           "--env", f"LITEBOXD_GATEWAY_NAMESPACE={kube_namespace}", "--env", "LITEBOXD_GATEWAY_DRAIN_DELAY=0",
+           gateway_image["image"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _unused in range(300):  # ready once its service account listed the sandbox Pods
+                try:
+                    async with http.get(url + "/readyz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert podman("container", "inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", \
+                    podman("logs", name).stderr
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the gateway never got ready: {podman('logs', name).stderr}")
+            async with http.get(url + sandbox.path("/hello")) as response:
+                assert response.status == 401
+            async with http.get(url + sandbox.path("/hello"), headers={"X-Access-Token": sandbox.token}) as response:
+                assert response.status == 200
+                assert (await response.json())["raw_path"] == "/hello"
+        assert [seen[1] for seen in sandbox.upstream.seen] == ["/hello"]
+        lines = [json.loads(line) for line in podman("logs", name).stderr.splitlines() if line.startswith("{")]
+        started = next(line for line in lines if line["message"].endswith(" listening"))
+        assert started["compiled"] == ["app", "http1", "proxy", "writes"]
+        assert started["event_loop"].startswith("uvloop")
+        # A Deployment's rollout stops Pods with SIGTERM: the gateway drains and exits 0.
+        podman("stop", "--time", "30", name)
+        assert podman("container", "inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    finally:
+        podman("rm", "--force", name, check=False)
