@@ -4,12 +4,18 @@ and CA where the kubelet mounts them, against the real API server."""
 import asyncio
 import json
 import os
+import pathlib
+import shutil
 import subprocess
+import tempfile
+import time
 import uuid
 
 import aiohttp
 import pytest
 
+from tests.gateway.test_role_cluster import run_role
+from tests.lib.apiserver import _die_with_parent as die_with_parent
 from tests.lib.apiserver import free_port
 from tests.lib.gateway_build import build_gateway
 
@@ -105,3 +111,67 @@ async def test_in_cluster_with_a_service_account_token_it_proxies_with_the_token
         assert podman("container", "inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     finally:
         podman("rm", "--force", name, check=False)
+
+
+IMAGE_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: The gateway role's image entry point
+      ansible.builtin.include_role:
+        name: liteboxd.sandbox_network.gateway
+        tasks_from: image.yml
+"""
+
+
+@pytest.fixture
+def containerd():
+    """A containerd of its own (Debian's; K3s runs its own build of the same daemon): its socket."""
+    state = pathlib.Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))  # short: a socket path has 108 bytes
+    socket_path = state / "sock"
+    (state / "config.toml").write_text(
+        f'version = 2\nroot = "{state}/root"\nstate = "{state}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket_path}"\n')
+    log = open(state / "containerd.log", "wb")
+    daemon = subprocess.Popen(["containerd", "--config", str(state / "config.toml")], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+    log.close()
+    try:
+        for _unused in range(100):
+            if subprocess.run(["ctr", "--address", str(socket_path), "version"], capture_output=True,
+                              check=False).returncode == 0:
+                break
+            assert daemon.poll() is None, (state / "containerd.log").read_text()
+            time.sleep(0.1)
+        yield socket_path
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        shutil.rmtree(state)
+
+
+def test_the_image_entry_point_imports_the_archive_into_containerd(tmp_path, gateway_image, containerd):
+    # K3s itself cannot run here: `k3s ctr` is containerd's ctr on K3s's socket, so a two-line
+    # k3s hands it to the ctr of this test's containerd, which does the real import.
+    k3s = tmp_path / "k3s"
+    k3s.write_text(f'#!/bin/sh\n[ "$1" = ctr ] || exit 64\nshift\nexec ctr --address {containerd} "$@"\n')
+    k3s.chmod(0o755)
+    images_dir = tmp_path / "agent" / "images"
+    variables = {"gateway_image": gateway_image["image"], "gateway_image_archive": gateway_image["image_archive"],
+                 "gateway_k3s_images_dir": str(images_dir), "gateway_k3s_binary": str(k3s)}
+
+    def imported():
+        return subprocess.run(["ctr", "--address", str(containerd), "--namespace", "k8s.io", "images", "ls", "--quiet"],
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    # Check mode predicts the directory and the copy (the import follows the copy) and changes nothing.
+    assert run_role(tmp_path, variables, check=True, playbook=IMAGE_PLAYBOOK)["changed"] == 2
+    assert imported() == [] and not images_dir.exists()
+    assert run_role(tmp_path, variables, playbook=IMAGE_PLAYBOOK)["changed"] == 3
+    # The reference the Deployment names is in the store CRI uses, and the archive where K3s
+    # imports it again at start.
+    assert imported() == [gateway_image["image"]]
+    assert (images_dir / "liteboxd-gateway.tar").read_bytes() == pathlib.Path(gateway_image["image_archive"]).read_bytes()
+    assert run_role(tmp_path, variables, playbook=IMAGE_PLAYBOOK)["changed"] == 0
+    assert run_role(tmp_path, variables, check=True, playbook=IMAGE_PLAYBOOK)["changed"] == 0

@@ -14,8 +14,8 @@ PLAYBOOK = """
 """
 
 
-def run_role(tmp_path, variables, check=False):
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
+def run_role(tmp_path, variables, check=False, playbook=PLAYBOOK):
+    (tmp_path / "play.yml").write_text(playbook)
     (tmp_path / "vars.json").write_text(json.dumps(variables))
     argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
             str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}", "-e",
