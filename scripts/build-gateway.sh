@@ -150,51 +150,59 @@ base_hooks=(
 base_key=$(printf '%s\n' "$base_packages" "${base_hooks[@]}" | sha256sum | cut -c1-12)
 base="localhost/liteboxd-gateway-base:bookworm-$base_key"
 base_archive="$cache/base-$base_key.tar"
-if ! podman image exists "$base"; then
-  if [[ -s "$base_archive" ]]; then
-    podman load -q -i "$base_archive" >/dev/null
-  else
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    work=$(mktemp -d)
-    log "building the image's base with mmdebstrap from ${mirror:-http://deb.debian.org/debian} (about 30 s)"
-    mmdebstrap --variant=extract --include="$base_packages" "${base_hooks[@]}" \
-      bookworm "$work/rootfs.tar" "${mirror:-http://deb.debian.org/debian}" 2>&1 \
-      | while read -r line; do case "$line" in E:*) log "$line";; esac; done
-    podman import -q --change "LABEL io.liteboxd.gateway.base=$base_key" "$work/rootfs.tar" "$base" >/dev/null
-    rm -rf "$work"
-    rm -f "$cache"/base-*.tar
-    for old in $(podman images --format '{{.Tag}}' localhost/liteboxd-gateway-base); do
-      [[ $old == "bookworm-$base_key" ]] || podman rmi "localhost/liteboxd-gateway-base:$old" >/dev/null 2>&1 || true
-    done
-    podman save -q -o "$base_archive.tmp" "$base" && mv "$base_archive.tmp" "$base_archive"
-  fi
-fi
-
 pure=("$wheelhouse"/liteboxd_gateway-*-py3-none-any.whl)
 version=$(basename "${pure[0]}" | cut -d- -f2)
 image_key=$({ sha256sum "$wheelhouse/requirements.txt" gateway/Containerfile | cut -c1-64; echo "$base_key"; } \
             | sha256sum | cut -c1-12)
 image="localhost/liteboxd-gateway:$version-$image_key"
 image_archive="$cache/image-$version-$image_key.tar"
-if ! podman image exists "$image"; then
-  if [[ -s "$image_archive" ]]; then
-    podman load -q -i "$image_archive" >/dev/null
+
+build_base() {
+  local mirror work old
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  work=$(mktemp -d)
+  log "building the image's base with mmdebstrap from ${mirror:-http://deb.debian.org/debian} (about 30 s)"
+  mmdebstrap --variant=extract --include="$base_packages" "${base_hooks[@]}" \
+    bookworm "$work/rootfs.tar" "${mirror:-http://deb.debian.org/debian}" 2>&1 \
+    | while read -r line; do case "$line" in E:*) log "$line";; esac; done
+  podman import -q --change "LABEL io.liteboxd.gateway.base=$base_key" "$work/rootfs.tar" "$base" >/dev/null
+  rm -rf "$work"
+  rm -f "$cache"/base-*.tar
+  for old in $(podman images --format '{{.Tag}}' localhost/liteboxd-gateway-base); do
+    [[ $old == "bookworm-$base_key" ]] || podman rmi "localhost/liteboxd-gateway-base:$old" >/dev/null 2>&1 || true
+  done
+  podman save -q -o "$base_archive.tmp" "$base" && mv "$base_archive.tmp" "$base_archive"
+}
+
+build_image() {
+  local context old
+  context=$(mktemp -d)
+  cp -r "$wheelhouse" "$context/wheelhouse"
+  log "building $image (offline: --network none, from $base)"
+  podman build -q --layers=false --network none --pull-never --build-arg "BASE=$base" -f gateway/Containerfile \
+    -t "$image" "$context" >/dev/null
+  rm -rf "$context"
+  # docker-archive: what `k3s ctr images import` and K3s's image directory both read.
+  podman save -q --format docker-archive -o "$image_archive.tmp" "$image" && mv "$image_archive.tmp" "$image_archive"
+  # Images of other sources nobody built for a week, from the cache and from Podman's store.
+  find "$cache" -maxdepth 1 -name 'image-*.tar' -mtime +7 -delete
+  for old in $(podman images --format '{{.Tag}}' localhost/liteboxd-gateway); do
+    [[ -e "$cache/image-$old.tar" ]] || podman rmi -f "localhost/liteboxd-gateway:$old" >/dev/null
+  done
+}
+
+# in_store REF ARCHIVE BUILD: REF in Podman's store, as it is, loaded from ARCHIVE, or built by BUILD.
+in_store() {
+  if podman image exists "$1"; then
+    return 0
+  elif [[ -s "$2" ]]; then
+    podman load -q -i "$2" >/dev/null
   else
-    context=$(mktemp -d)
-    cp -r "$wheelhouse" "$context/wheelhouse"
-    log "building $image (offline: --network none, from $base)"
-    podman build -q --layers=false --network none --pull-never --build-arg "BASE=$base" -f gateway/Containerfile \
-      -t "$image" "$context" >/dev/null
-    rm -rf "$context"
-    # docker-archive: what `k3s ctr images import` and K3s's image directory both read.
-    podman save -q --format docker-archive -o "$image_archive.tmp" "$image" && mv "$image_archive.tmp" "$image_archive"
-    # Images of other sources nobody built for a week, from the cache and from Podman's store.
-    find "$cache" -maxdepth 1 -name 'image-*.tar' -mtime +7 -delete
-    for old in $(podman images --format '{{.Tag}}' localhost/liteboxd-gateway); do
-      [[ -e "$cache/image-$old.tar" ]] || podman rmi -f "localhost/liteboxd-gateway:$old" >/dev/null
-    done
+    "$3"
   fi
-fi
+}
+in_store "$base" "$base_archive" build_base
+in_store "$image" "$image_archive" build_image
 touch "$image_archive"
 size=$(podman image inspect --format '{{.Size}}' "$image")
 log "image $image: $((size / 1024 / 1024)) MiB ($size bytes); archive $image_archive ($(du -m "$image_archive" | cut -f1) MiB)"

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.gateway.test_role_cluster import run_role
+from tests.gateway.test_server import log_lines, wait_ready
 from tests.lib.apiserver import _die_with_parent as die_with_parent
 from tests.lib.apiserver import free_port
 from tests.lib.gateway_build import build_gateway
@@ -72,45 +73,39 @@ async def test_in_cluster_with_a_service_account_token_it_proxies_with_the_token
     sandbox = await sandbox_factory()
     port, metrics_port = free_port(), free_port()
     name = f"liteboxd-gateway-test-{uuid.uuid4().hex[:8]}"
-    # The host's network namespace: the API server and the sandbox listen on its loopback.
-    podman("run", "--detach", "--name", name, "--network", "host",
-           "--read-only", "--read-only-tmpfs=false", "--cap-drop", "all", "--security-opt", "no-new-privileges",
-           "--volume", f"{secrets}:{SERVICE_ACCOUNT_DIR}:ro",
-           "--env", "KUBERNETES_SERVICE_HOST=127.0.0.1", "--env", f"KUBERNETES_SERVICE_PORT={kube_apiserver.port}",
-           "--env", "LITEBOXD_GATEWAY_LISTEN_HOST=127.0.0.1", "--env", f"LITEBOXD_GATEWAY_PORT={port}",
-           "--env", "LITEBOXD_GATEWAY_METRICS_HOST=127.0.0.1", "--env", f"LITEBOXD_GATEWAY_METRICS_PORT={metrics_port}",
-           "--env", f"LITEBOXD_GATEWAY_NAMESPACE={kube_namespace}", "--env", "LITEBOXD_GATEWAY_DRAIN_DELAY=0",
-           gateway_image["image"])
+    with open(tmp_path / "gateway.log", "wb") as log:
+        # The host's network namespace: the API server and the sandbox listen on its loopback.
+        process = await asyncio.create_subprocess_exec(
+            "podman", "run", "--name", name, "--network", "host",
+            "--read-only", "--read-only-tmpfs=false", "--cap-drop", "all", "--security-opt", "no-new-privileges",
+            "--volume", f"{secrets}:{SERVICE_ACCOUNT_DIR}:ro",
+            "--env", "KUBERNETES_SERVICE_HOST=127.0.0.1", "--env", f"KUBERNETES_SERVICE_PORT={kube_apiserver.port}",
+            "--env", "LITEBOXD_GATEWAY_LISTEN_HOST=127.0.0.1", "--env", f"LITEBOXD_GATEWAY_PORT={port}",
+            "--env", "LITEBOXD_GATEWAY_METRICS_HOST=127.0.0.1", "--env", f"LITEBOXD_GATEWAY_METRICS_PORT={metrics_port}",
+            "--env", f"LITEBOXD_GATEWAY_NAMESPACE={kube_namespace}", "--env", "LITEBOXD_GATEWAY_DRAIN_DELAY=0",
+            gateway_image["image"], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _unused in range(300):  # ready once its service account listed the sandbox Pods
-                try:
-                    async with http.get(url + "/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert podman("container", "inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", \
-                    podman("logs", name).stderr
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"the gateway never got ready: {podman('logs', name).stderr}")
+            # Ready once its service account listed the sandbox Pods.
+            await wait_ready(http, url, process, tmp_path / "gateway.log")
             async with http.get(url + sandbox.path("/hello")) as response:
                 assert response.status == 401
             async with http.get(url + sandbox.path("/hello"), headers={"X-Access-Token": sandbox.token}) as response:
                 assert response.status == 200
                 assert (await response.json())["raw_path"] == "/hello"
         assert [seen[1] for seen in sandbox.upstream.seen] == ["/hello"]
-        lines = [json.loads(line) for line in podman("logs", name).stderr.splitlines() if line.startswith("{")]
-        started = next(line for line in lines if line["message"].endswith(" listening"))
-        assert started["compiled"] == ["app", "http1", "proxy", "writes"]
-        assert started["event_loop"].startswith("uvloop")
         # A Deployment's rollout stops Pods with SIGTERM: the gateway drains and exits 0.
         podman("stop", "--time", "30", name)
-        assert podman("container", "inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        started = next(line for line in log_lines(tmp_path) if line["message"].endswith(" listening"))
+        assert started["compiled"] == ["app", "http1", "proxy", "writes"]
+        assert started["event_loop"].startswith("uvloop")
     finally:
         podman("rm", "--force", name, check=False)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 IMAGE_PLAYBOOK = """
