@@ -127,7 +127,8 @@ if [[ ! -e "$wheelhouse/requirements.txt" ]]; then
   flock -u "$lock"
 fi
 touch "$wheelhouse"
-ln -sfn "$wheelhouse" "$dist/wheelhouse.new" && mv -T "$dist/wheelhouse.new" "$dist/wheelhouse"
+# A link of its own, renamed over the old one: concurrent builds each leave a whole link.
+ln -sfn "$wheelhouse" "$dist/.wheelhouse.$$" && mv -T "$dist/.wheelhouse.$$" "$dist/wheelhouse"
 wheels=("$wheelhouse"/*.whl)
 log "wheelhouse $wheelhouse ($(du -sh "$wheelhouse" | cut -f1)): ${#wheels[@]} wheels"
 echo "wheelhouse=$wheelhouse"
