@@ -143,7 +143,7 @@ options:
       type:
         description: Route type.
         type: str
-        choices: [unicast, throw, unreachable, blackhole, prohibit]
+        choices: [unicast, unreachable, blackhole, throw, prohibit]
         default: unicast
       onlink:
         description: Treat the gateway as directly reachable on O(routes[].dev).
