@@ -34,7 +34,7 @@ for dependency in ansible/posix kubernetes/core; do
 done
 ansible-builder introspect --sanitize --user-pip "$work/context/_build/requirements.txt" \
   --write-pip "$work/python-requirements.txt" --write-bindep "$work/bindep.txt" "$collections" >/dev/null
-for needed in kubernetes pyroute2 netaddr jsonpatch; do
+for needed in kubernetes netaddr jsonpatch; do
   grep -qi "^$needed" "$work/python-requirements.txt" || { echo "introspection lost $needed" >&2; exit 1; }
 done
 sed 's/^/  /' "$work/python-requirements.txt"
