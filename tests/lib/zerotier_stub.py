@@ -276,10 +276,13 @@ class Controller:
                 if route.get("via") is None and ipaddress.ip_address(ip) in target:
                     addresses.append("%s/%d" % (ip, target.prefixlen))
                     break
+        # Traffic follows the record at once, whatever the node still reports: no peers for a member
+        # that is not authorized any more, and it is in nobody else's peers.
+        peers = self.peers(network_id, exclude=node) if member["authorized"] or not network["private"] else []
         return {"status": "OK", "name": network["name"], "addresses": addresses, "mtu": network["mtu"],
                 "routes": [{"target": r["target"], "via": r.get("via"), "flags": 0, "metric": 0}
                            for r in network["routes"]],
-                "revision": network["revision"], "peers": self.peers(network_id, exclude=node)}
+                "revision": network["revision"], "peers": peers}
 
     def peers(self, network_id, exclude=None):
         """Authorized members with a known endpoint (the stand-in data path's forwarding entries)."""
