@@ -195,7 +195,7 @@ port_device_name:
     - Empty when not joined.
   returned: always
   type: str
-  sample: zt4xyqdgpe
+  sample: ztmjfmfyq5
 assigned_addresses:
   description: Addresses assigned by the controller, with prefix length.
   returned: always
