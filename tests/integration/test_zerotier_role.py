@@ -249,7 +249,21 @@ def test_a_remote_controller_over_plain_http_is_refused_before_anything_runs(tmp
     assert world.node.requests == [] and world.controller.requests == []
 
 
+def test_opening_the_api_to_other_hosts_is_refused_without_a_private_link(tmp_path, world):
+    """[AUTH-3] allowManagementFrom beyond loopback in zerotier_local_conf would put this node's token on
+    the network in clear: refused unless zerotier_api_private_link says the link is private."""
+    local_conf = {"settings": {"allowManagementFrom": ["127.0.0.1/32", "10.20.0.0/24"]}}
+    rc, output = run_playbook(tmp_path, VALIDATE_PLAYBOOK, role_vars(world, zerotier_local_conf=local_conf))
+    assert rc != 0
+    failed = [r for r in task_results(output).values() if r.get("failed")]
+    assert "opens zerotier-one's API to 10.20.0.0/24" in failed[0]["msg"]
+    assert "zerotier_api_private_link" in failed[0]["msg"]
+    assert world.node.requests == []
+
+
 @pytest.mark.parametrize("extra", [
+    {"zerotier_local_conf": {"settings": {"allowManagementFrom": ["127.0.0.1/32", "::1"]}}},
+    {"zerotier_local_conf": {"settings": {"allowManagementFrom": ["10.20.0.0/24"]}}, "zerotier_api_private_link": True},
     {"zerotier_member_api_url": "http://10.20.0.5:9993", "zerotier_api_private_link": True},
     {"zerotier_member_api_url": "https://zt-controller.example.internal"},
     {"zerotier_member_api_url": "http://127.0.0.1:9993"},
