@@ -151,9 +151,11 @@ def cleartext_remote(url):
     host = parts.hostname or ""
     if host == "localhost":
         return False
+    if netaddr is None:  # a warning only: without netaddr, the usual spellings of loopback
+        return not (host.startswith("127.") or host == "::1")
     try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
+        return not netaddr.IPAddress(host, flags=netaddr.INET_PTON).is_loopback()
+    except (netaddr.AddrFormatError, ValueError, TypeError):
         return True
 
 
