@@ -23,9 +23,8 @@ import pytest
 from kubernetes import client
 
 from tests.integration.test_module_defaults_role import cluster_state
-from tests.integration.test_zerotier_role import FAST
 from tests.lib.awx import Job, credential_type
-from tests.lib.zerotier_stub import Timings, World
+from tests.lib.zerotier_stub import SHORT_TIMINGS, Timings, World
 
 HOST_GROUPS = ("k3s_servers", "k3s_agents", "egress_exits", "egress_nodes", "route_aware_egress_hosts",
                "gateway_hosts")
@@ -62,7 +61,7 @@ def assert_successful(result):
 @pytest.fixture
 def zerotier():
     """A node's zerotier-one and ZeroTier Central holding its network (tests/lib/zerotier_stub.py), fast timings."""
-    world = World(Timings(**FAST))
+    world = World(Timings(**SHORT_TIMINGS))
     stand_in = types.SimpleNamespace(node=world.daemon(NODE), central=world.central(NWID[:10]))
     stand_in.central.add_network(NWID, "10.147.17.0/24", private=True)
     yield stand_in

@@ -9,37 +9,15 @@ import time
 
 import pytest
 
+from tests.integration.conftest import ZEROTIER_NODE, ZEROTIER_NWID
 from tests.lib.modules import run_module
-from tests.lib.zerotier_stub import Join, Timings, World, device_name
+from tests.lib.zerotier_stub import Join, device_name
 
-NWID = "8056c2e21c000001"
+NWID = ZEROTIER_NWID
 UNKNOWN_NWID = "8056c2e21c0000ff"
 NO_CONTROLLER_NWID = "a1b2c3d4e5000001"
 CENTRAL_NWID = "9bee8941b5000001"
-NODE = "0deadbeef1"
-FAST = dict(first_answer=0.3, authorize_delay=0.5, deauthorize_delay=3.0, recreate_delay=0.5)
-
-
-@pytest.fixture
-def make_world():
-    worlds = []
-
-    def make(**timings):
-        world = World(Timings(**dict(FAST, **timings)))
-        world.controller = world.daemon(NWID[:10])
-        world.controller.add_network(NWID, "10.147.17.0/24", private=True)
-        world.node = world.daemon(NODE)
-        worlds.append(world)
-        return world
-
-    yield make
-    for world in worlds:
-        world.stop()
-
-
-@pytest.fixture
-def world(make_world):
-    return make_world()
+NODE = ZEROTIER_NODE
 
 
 def network_args(daemon, **extra):

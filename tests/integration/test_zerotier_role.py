@@ -14,12 +14,12 @@ import sys
 
 import pytest
 
+from tests.integration.conftest import ZEROTIER_NODE, ZEROTIER_NWID
 from tests.lib.collection import REPO
-from tests.lib.zerotier_stub import Timings, World, device_name
+from tests.lib.zerotier_stub import device_name
 
-NWID = "8056c2e21c000001"
-NODE = "0deadbeef1"
-FAST = dict(first_answer=0.3, authorize_delay=0.5, deauthorize_delay=3.0, recreate_delay=0.5)
+NWID = ZEROTIER_NWID
+NODE = ZEROTIER_NODE
 
 PLAYBOOK = """
 - hosts: localhost
@@ -56,34 +56,6 @@ VALIDATE_PLAYBOOK = """
   roles:
     - role: liteboxd.sandbox_network.zerotier
 """
-
-
-@pytest.fixture
-def make_world(tmp_path):
-    worlds = []
-
-    def make(**timings):
-        world = World(Timings(**dict(FAST, **timings)))
-        world.controller = world.daemon(NWID[:10])
-        world.controller.add_network(NWID, "10.147.17.0/24", private=True)
-        world.node = world.daemon(NODE)
-        # Each daemon's home with its authtoken.secret, as zerotier-one writes it.
-        for name, daemon in (("node", world.node), ("controller", world.controller)):
-            home = tmp_path / name
-            home.mkdir()
-            (home / "authtoken.secret").write_text(daemon.token)
-            setattr(world, name + "_home", home)
-        worlds.append(world)
-        return world
-
-    yield make
-    for world in worlds:
-        world.stop()
-
-
-@pytest.fixture
-def world(make_world):
-    return make_world()
 
 
 def run_playbook(tmp_path, playbook, extra_vars, check=False, diff=False):

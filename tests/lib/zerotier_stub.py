@@ -683,6 +683,21 @@ class World:
             server.stop()
 
 
+# The integration tests' timings: the observed order of events, in fractions of a second.
+SHORT_TIMINGS = dict(first_answer=0.3, authorize_delay=0.5, deauthorize_delay=3.0, recreate_delay=0.5)
+
+
+def controller_and_node(network_id, node_address, **timings):
+    """A World on ``SHORT_TIMINGS`` (``timings`` override them) with two daemons: ``world.controller``,
+    whose address is the id's prefix and which holds ``network_id`` (private, 10.147.17.0/24), and the
+    node ``world.node``."""
+    world = World(Timings(**dict(SHORT_TIMINGS, **timings)))
+    world.controller = world.daemon(network_id[:10])
+    world.controller.add_network(network_id, "10.147.17.0/24", private=True)
+    world.node = world.daemon(node_address)
+    return world
+
+
 # -- standalone daemon (the Molecule stand-in package) ------------------------------------------
 
 class DataPath:
