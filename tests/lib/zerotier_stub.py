@@ -93,7 +93,7 @@ class Timings:
         """``first_answer=0.5,deauthorize_delay=20`` -> Timings."""
         values = {}
         for item in filter(None, (text or "").split(",")):
-            key, _, value = item.partition("=")
+            key, value = item.partition("=")[::2]
             if key not in cls().__dict__:
                 raise ValueError("unknown timing %r (known: %s)" % (key, ", ".join(sorted(cls().__dict__))))
             values[key] = float(value)

@@ -58,7 +58,7 @@ def call(server, method, path, body=None, token=None, headers=None):
 
 
 def get_json(server, path):
-    status, raw, _ = call(server, "GET", path)
+    status, raw = call(server, "GET", path)[:2]
     assert status == 200, (path, status, raw)
     return json.loads(raw)
 
@@ -78,14 +78,14 @@ def statuses_until(server, network_id, wanted, timeout=10.0):
 
 
 def join(server, network_id=NWID, body=None):
-    status, raw, _ = call(server, "POST", "/network/" + network_id, body or {})
+    status, raw = call(server, "POST", "/network/" + network_id, body or {})[:2]
     assert status == 200
     return json.loads(raw)
 
 
 def authorize(controller, node_id=NODE, value=True, network_id=NWID):
-    status, raw, _ = call(controller, "POST", "/controller/network/%s/member/%s" % (network_id, node_id),
-                          {"authorized": value})
+    status, raw = call(controller, "POST", "/controller/network/%s/member/%s" % (network_id, node_id),
+                       {"authorized": value})[:2]
     assert status == 200
     return json.loads(raw)
 
@@ -161,7 +161,7 @@ def test_private_network_denies_an_unauthorized_node_after_the_first_answer(node
     """[TIME-1] join -> REQUESTING_CONFIGURATION -> ACCESS_DENIED (after `first_answer`, 1-4 s observed).
     [TIME-6] a failed join stays joined until DELETE."""
     join(node)
-    elapsed, seen, _ = statuses_until(node, NWID, "ACCESS_DENIED")
+    elapsed, seen = statuses_until(node, NWID, "ACCESS_DENIED")[:2]
     assert seen == ["REQUESTING_CONFIGURATION", "ACCESS_DENIED"] and elapsed >= 0
     time.sleep(0.3)
     assert [n["status"] for n in get_json(node, "/network")] == ["ACCESS_DENIED"]
@@ -187,7 +187,7 @@ def test_an_authorization_before_the_first_answer_is_seen_at_once(node, controll
     """[TIME-2] (the other order) a node authorized before it asked gets OK with its first answer."""
     authorize(controller)
     join(node)
-    _, seen, _ = statuses_until(node, NWID, "OK")
+    seen = statuses_until(node, NWID, "OK")[1]
     assert seen == ["REQUESTING_CONFIGURATION", "OK"]
 
 
@@ -197,11 +197,11 @@ def test_a_deauthorized_node_reports_ok_with_its_address_then_denied_and_keeps_i
     stays on the device is held by the Molecule scenario's stand-in data path, side_effect.yml.)"""
     authorize(controller)
     join(node)
-    _, _, ok = statuses_until(node, NWID, "OK")
+    ok = statuses_until(node, NWID, "OK")[2]
     authorize(controller, value=False)
     right_after = get_json(node, "/network/" + NWID)
     assert right_after["status"] == "OK" and right_after["assignedAddresses"] == ok["assignedAddresses"]
-    elapsed, _, denied = statuses_until(node, NWID, "ACCESS_DENIED")
+    elapsed, denied = statuses_until(node, NWID, "ACCESS_DENIED")[::2]
     assert elapsed >= FAST["deauthorize_delay"] * 0.8
     assert denied["assignedAddresses"] == ok["assignedAddresses"]
 
@@ -209,7 +209,7 @@ def test_a_deauthorized_node_reports_ok_with_its_address_then_denied_and_keeps_i
 def test_unknown_network_on_a_live_controller_is_not_found(node):
     """[TIME-4] a network whose controller is alive but does not know it: NOT_FOUND (about 2 s observed)."""
     join(node, CONTROLLER + "0000ff")
-    _, seen, _ = statuses_until(node, CONTROLLER + "0000ff", "NOT_FOUND")
+    seen = statuses_until(node, CONTROLLER + "0000ff", "NOT_FOUND")[1]
     assert seen == ["REQUESTING_CONFIGURATION", "NOT_FOUND"]
 
 
@@ -232,7 +232,7 @@ def test_controller_status_networks_and_a_new_network(controller):
     info = get_json(controller, "/controller")
     assert info["controller"] is True and info["apiVersion"] == 4 and info["databaseReady"] is True
     assert get_json(controller, "/controller/network") == [NWID]
-    status, raw, _ = call(controller, "POST", "/controller/network/%s______" % CONTROLLER, {"name": "second"})
+    status, raw = call(controller, "POST", "/controller/network/%s______" % CONTROLLER, {"name": "second"})[:2]
     created = json.loads(raw)
     assert status == 200 and re.match("^%s[0-9a-f]{6}$" % CONTROLLER, created["id"]) and created["name"] == "second"
     assert sorted(get_json(controller, "/controller/network")) == sorted([NWID, created["id"]])
@@ -253,7 +253,7 @@ def test_member_calls_and_their_empty_404s(controller):
     assert call(controller, "GET", path)[:2] == (404, b"")
     assert call(controller, "GET", unknown)[:2] == (404, b"")
     assert call(controller, "POST", unknown, {"authorized": True})[:2] == (404, b"")
-    status, raw, _ = call(controller, "POST", path, {"authorized": True, "config": {"name": "nested"}, "bogus": 1})
+    status, raw = call(controller, "POST", path, {"authorized": True, "config": {"name": "nested"}, "bogus": 1})[:2]
     member = json.loads(raw)
     assert status == 200 and member["authorized"] is True and "name" not in member and "bogus" not in member
     assert set(member) >= {"activeBridge", "address", "authenticationExpiryTime", "authorized", "capabilities",
@@ -264,7 +264,7 @@ def test_member_calls_and_their_empty_404s(controller):
     named = json.loads(call(controller, "POST", path, {"name": "egress-1"})[1])
     assert named["name"] == "egress-1"
     assert get_json(controller, "/controller/network/%s/member" % NWID) == {NODE: named["revision"]}
-    status, raw, _ = call(controller, "DELETE", path)
+    status, raw = call(controller, "DELETE", path)[:2]
     assert status == 200 and json.loads(raw)["name"] == "egress-1"
     assert call(controller, "DELETE", path)[:2] == (404, b"")
 
@@ -304,7 +304,7 @@ def test_ipv6_is_stored_compressed_and_the_pool_fills_an_empty_member(node, cont
     assert stored["ipAssignments"] == ["fd00::11"]
     authorize(controller)
     join(node)
-    _, _, obj = statuses_until(node, NWID, "OK")
+    obj = statuses_until(node, NWID, "OK")[2]
     pool = [ip for ip in get_json(controller, path)["ipAssignments"] if "." in ip]
     assert len(pool) == 1 and obj["assignedAddresses"] == [pool[0] + "/24"]
     # Stable for a node id: the same node on a fresh controller gets the same pool address.
