@@ -11,7 +11,7 @@ from liteboxd_gateway.server import compiled_modules
 from tests.lib.gateway_build import GATEWAY_PROJECT, pip_install_gateway
 
 # What gateway/setup.py compiles.
-COMPILED = ["app", "http1", "proxy", "writes"]
+COMPILED = ["app", "http1", "proxy", "writes", "wsrelay"]
 
 
 def test_the_package_under_test_runs_compiled_exactly_when_its_build_says_so():
