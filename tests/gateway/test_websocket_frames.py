@@ -42,6 +42,13 @@ async def assert_closed_with(peer, code, reason=""):
     return close
 
 
+async def close_after_fragments(peer, opcode):
+    """(code, reason) of the Close ``peer`` gets after any first fragments (of ``opcode``) that passed."""
+    while (received := await peer.recv()).opcode != CLOSE:
+        assert received.opcode == opcode and not received.fin, received
+    return received.close
+
+
 async def test_data_frames_pass_unchanged_masked_only_towards_the_sandbox(relay):
     client, sandbox = relay
     client.send(TEXT, b"\xff not UTF-8")  # text is passed as bytes, never decoded
@@ -112,6 +119,23 @@ async def test_what_the_sandbox_sends_with_its_101_and_frames_split_across_reads
     received = await upstream.recv()
     assert (received.opcode, received.payload) == (BINARY, bytes(range(256)) * 1024)
     client.close()
+
+
+@pytest.mark.parametrize("greeting, expected", [
+    (frame(TEXT, b"last words", masked=False) + frame(CLOSE, close_payload(4001, b"bye"), masked=False),
+     [(TEXT, b"last words"), (CLOSE, close_payload(4001, b"bye"))]),
+    (b"", [(CLOSE, close_payload(1011))]),
+], ids=["close", "vanish"])
+async def test_a_sandbox_that_ends_right_after_its_101(gateway_factory, raw_sandbox, greeting, expected):
+    gateway = await gateway_factory()
+    sandbox, name, token = raw_sandbox
+    sandbox.greeting, sandbox.hang_up = greeting, True
+    await gateway.wait_sandbox(name)
+    client = await client_handshake(gateway.port, f"/sandbox/{name}/port/{sandbox.port}/ws",
+                                    [f"X-Access-Token: {token}"])
+    assert [((f := await client.recv()).opcode, f.payload) for _unused in expected] == expected
+    client.send(CLOSE, b"")
+    assert await client.ended()
 
 
 async def test_a_burst_to_a_client_that_reads_late_arrives_whole_and_in_order(relay):
@@ -206,26 +230,16 @@ BROKEN_FRAMES = {
 }
 
 
+@pytest.mark.parametrize("side", ["client", "sandbox"])
 @pytest.mark.parametrize("broken", BROKEN_FRAMES, ids=list(BROKEN_FRAMES))
-async def test_protocol_errors_close_the_offender_with_1002(relay, broken):
+async def test_protocol_errors_close_the_offender_with_1002(relay, broken, side):
     client, sandbox = relay
-    client.send_raw(BROKEN_FRAMES[broken](True))
-    await assert_closed_with(client, 1002)
-    assert await client.ended()
-    while (received := await sandbox.recv()).opcode != CLOSE:  # a first fragment may have passed
-        assert received.opcode == TEXT
-    assert received.close == (1001, "")
-
-
-@pytest.mark.parametrize("broken", BROKEN_FRAMES, ids=list(BROKEN_FRAMES))
-async def test_protocol_errors_of_the_sandbox_close_both_with_1002(relay, broken):
-    client, sandbox = relay
-    sandbox.send_raw(BROKEN_FRAMES[broken](False))
-    await assert_closed_with(sandbox, 1002)
-    assert await sandbox.ended()
-    while (received := await client.recv()).opcode != CLOSE:
-        assert received.opcode == TEXT
-    assert received.close == (1002, "")
+    offender, other = (client, sandbox) if side == "client" else (sandbox, client)
+    offender.send_raw(BROKEN_FRAMES[broken](offender.masks))
+    await assert_closed_with(offender, 1002)
+    assert await offender.ended()
+    # The sandbox hears of a broken client as of a vanished one, the client of the sandbox's error.
+    assert await close_after_fragments(other, TEXT) == ((1001, "") if side == "client" else (1002, ""))
 
 
 async def test_a_close_reason_that_is_not_utf8_is_1007(relay):
@@ -252,9 +266,7 @@ async def test_messages_of_the_size_limit_or_more_are_1009(gateway_factory, raw_
         else:
             await assert_closed_with(sender, 1009)
             assert await sender.ended()
-            while (received := await receiver.recv()).opcode != CLOSE:
-                assert received.opcode == BINARY and not received.fin  # the first fragment, under the limit
-            assert received.close == ((1001, "") if side == "client" else (1009, ""))
+            assert await close_after_fragments(receiver, BINARY) == ((1001, "") if side == "client" else (1009, ""))
         client.close()
         upstream.close()
 

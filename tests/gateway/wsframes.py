@@ -118,7 +118,8 @@ async def client_handshake(port: int, target: str, headers=()) -> Peer:
 
 class RawSandbox:
     """A sandbox's WebSocket server that accepts every handshake and hands each connection, as a
-    Peer, to the test; ``greeting`` is sent with the 101, in the same write."""
+    Peer, to the test; ``greeting`` is sent with the 101, in the same write, and with ``hang_up``
+    the connection ends right after it."""
 
     def __init__(self, host: str):
         self.host = host
@@ -126,6 +127,7 @@ class RawSandbox:
         self.heads = []
         self.connections = asyncio.Queue()
         self.greeting = b""
+        self.hang_up = False
         self._server = None
 
     async def start(self):
@@ -140,6 +142,8 @@ class RawSandbox:
                    if line.lower().startswith("sec-websocket-key:"))
         writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                       f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n").encode() + self.greeting)
+        if self.hang_up:
+            writer.close()
         await self.connections.put(Peer(reader, writer, masks=False))
 
     async def accepted(self, timeout=10) -> Peer:

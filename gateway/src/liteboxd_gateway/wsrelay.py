@@ -162,19 +162,17 @@ class Side:
         """Relay from now on, beginning with what arrived before."""
         self.relay, self.peer = relay, peer
         self.max_message_size = relay.max_message_size
-        if self.state != WAITING:
-            return  # the other side's first frames ended the session
-        if self.lost:
-            self.state = CLOSED
-            relay.vanished(self)
-            return
-        self.state = OPEN
-        self.resume_reading(HOLDING)
-        if self._held:
+        if self.state == WAITING:
+            self.state = OPEN
+            self.resume_reading(HOLDING)
+        # Unless the other side's first frames ended the session: what came before, then its end.
+        if self._held and not relay.outcome:
             data = b"".join(self._held)
             self._held = []
             self._held_size = 0
             self.read_frames(data)
+        if self.lost and not relay.outcome:
+            relay.vanished(self)
 
     def write(self, data: bytes):
         if self.state == OPEN:
