@@ -35,9 +35,6 @@ class DirectUpstream:
 
     refuser, peer = "sandbox", "the sandbox"
 
-    def __init__(self, config):
-        self.config = config
-
     async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, fields: list):
         """Where to connect and what to ask for: (host, port, TLS context or None, request-target)."""
         return pod_ip, port, None, target
@@ -83,7 +80,7 @@ class ApiServerUpstream:
 
 def websocket_upstream(config, connection):
     """The handshake route chosen by ``--websocket-upstream``."""
-    upstream = ApiServerUpstream(config, connection) if config.websocket_upstream == "apiserver" else DirectUpstream(config)
+    upstream = ApiServerUpstream(config, connection) if config.websocket_upstream == "apiserver" else DirectUpstream()
     log.info("WebSocket handshakes go %s", upstream.describe())
     return upstream
 

@@ -105,7 +105,7 @@ class Side:
         self.transport = transport
 
     def data_received(self, data):
-        if type(data) is not bytes:
+        if not isinstance(data, bytes):  # a bytearray or memoryview from some transports
             data = bytes(data)
         if self._held:
             self._held.append(data)
