@@ -9,7 +9,7 @@ from liteboxd_gateway.cache import Sandbox, SandboxCache
 from liteboxd_gateway.headers import (connection_tokens, downstream_response_fields, is_websocket_upgrade,
                                       without_hop_by_hop)
 from liteboxd_gateway.limits import SandboxLimits
-from liteboxd_gateway.websocket import sendable_close_code
+from liteboxd_gateway.wsrelay import sendable_close_code
 
 
 def resolve(target, domain="sb.example.com", **headers):

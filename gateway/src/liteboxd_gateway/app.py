@@ -16,12 +16,13 @@ import re
 from aiohttp import web
 
 from . import auth, logs
-from .headers import WEBSOCKET_HANDSHAKE, forwarded_request_fields, upstream_request_headers
+from .headers import WEBSOCKET_HANDSHAKE, forwarded_request_fields
 from .limits import SandboxLimits
 from .proxy import HttpProxy, UpstreamError
 from .routing import RouteError, resolve
 from .version import __version__
-from .websocket import Relay, client_protocols, connect_upstream, websocket_upstream
+from .websocket import client_protocols, connect_upstream, websocket_upstream
+from .wsrelay import Relay
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNAUTHORIZED = "unauthorized"
@@ -107,8 +108,6 @@ class Gateway:
     async def close(self):
         if self.proxy is not None:
             self.proxy.close()
-        if self.websocket_upstream is not None:
-            await self.websocket_upstream.close()
 
     def begin_drain(self):
         """Report not-ready from now on and close WebSockets (they would outlive any drain)."""
@@ -330,40 +329,42 @@ class Gateway:
                 rejected = self._reject(exchange, 400, "bad_websocket_handshake")
                 return error_response(rejected.status, str(rejected), exchange.request_id)
             peer = request.transport.get_extra_info("peername") if request.transport else None
-            headers = upstream_request_headers(request.headers, admitted.cookies, peer[0] if peer else "",
-                                               self.config, admitted.route, WEBSOCKET_HANDSHAKE)
-            headers["X-Request-Id"] = exchange.request_id
-            return await self._relay(request, exchange, admitted, headers)
+            fields = forwarded_request_fields(request.headers, admitted.cookies, peer[0] if peer else "",
+                                              self.config, admitted.route, WEBSOCKET_HANDSHAKE)
+            return await self._relay(request, exchange, admitted, fields)
         finally:
             self.limits.release(admitted.route.sandbox_id)
 
-    async def _relay(self, request, exchange, admitted, headers):
+    async def _relay(self, request, exchange, admitted, fields):
+        # http1.ClientConnection handed the connection over with a wsrelay.ClientSide as its Protocol.
+        client_side = request.transport.get_protocol()
         try:
             # The cache is keyed by Pod name: the sandbox id is the Pod's name.
             upstream = await connect_upstream(self.websocket_upstream, admitted.route.sandbox_id, admitted.pod_ip,
-                                              admitted.route.port, admitted.target, headers,
+                                              admitted.route.port, admitted.target, fields, exchange.request_id,
                                               client_protocols(request.headers), self.config, self.metrics)
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc(exc.kind)
             exchange.error = str(exc)
             return error_response(exc.status, str(exc), exchange.request_id)
-        relay = Relay(self.config, self.metrics)
+        relay = Relay(self.config, client_side, upstream)
         try:
-            # Offer the client only what the sandbox chose.
+            # Offer the client only what the sandbox chose. aiohttp answers the handshake; the relay
+            # reads the connection from then on, so aiohttp's own WebSocket reader never gets a byte.
             client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
-                                           autoclose=False, autoping=True, compress=False, decode_text=False,
-                                           max_msg_size=self.config.ws_max_message_size, timeout=5.0)
+                                           compress=False)
             await client.prepare(request)
             exchange.status = 101
             self.relays.add(relay)
             self.metrics.active_websockets.add(1)
             try:
-                reason = await relay.run(client, upstream)
+                reason = await relay.run()
             finally:
                 self.relays.discard(relay)
                 self.metrics.active_websockets.add(-1)
             self.metrics.websockets.inc(reason)
-            exchange.error = None if reason.endswith("closed") else reason
+            exchange.error = "client went away" if reason == "client_gone" else (
+                None if reason.endswith("closed") else reason)
             return client
         finally:
-            await upstream.close()
+            relay.abort()

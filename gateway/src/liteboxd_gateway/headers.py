@@ -89,11 +89,6 @@ def forwarded_request_fields(headers, cookies, client_host: str, config, route, 
     return fields
 
 
-def upstream_request_headers(headers, cookies, client_host: str, config, route, extra_drop=frozenset()) -> CIMultiDict:
-    """Headers for the sandbox: hop-by-hop, routing and token carriers removed, X-Forwarded-* set."""
-    return CIMultiDict(forwarded_request_fields(headers, cookies, client_host, config, route, extra_drop))
-
-
 _field_name = itemgetter(0)
 
 
