@@ -91,6 +91,18 @@ def check_cidrs(values, option, version=None):
     return [check_cidr(value, "%s[%d]" % (option, index), version) for index, value in enumerate(values)]
 
 
+def check_excluded_cidrs(values, destinations, option):
+    """Excluded CIDRs that each overlap a destination: Cilium ignores one outside them all."""
+    excluded = check_cidrs(values, option)
+    networks = [ipaddress.ip_network(cidr) for cidr in destinations]
+    for index, cidr in enumerate(excluded):
+        network = ipaddress.ip_network(cidr)
+        if not any(network.version == other.version and network.overlaps(other) for other in networks):
+            raise ManifestError("%s[%d]: %s lies outside every destination_cidrs entry (%s), so Cilium ignores it; "
+                                "remove it or widen destination_cidrs" % (option, index, cidr, ", ".join(destinations)))
+    return excluded
+
+
 def check_ipv4(value, option):
     try:
         return text_type(ipaddress.IPv4Address(text_type(value)))
@@ -297,14 +309,17 @@ def egress_gateway_policy(egress_gateways, name=EGRESS_GATEWAY_POLICY_NAME, name
                           destination_cidrs=("0.0.0.0/0",), excluded_cidrs=PRIVATE_CIDRS):
     """The cluster-scoped CiliumEgressGatewayPolicy for internet-enabled sandboxes.
 
-    ``egress_gateways``: ``[{node_selector, egress_ip, interface}]``. One entry fills
+    ``egress_gateways``: ``[{node_selector, egress_ip or interface}]``. One entry fills
     ``egressGateway``; several fill ``egressGateways`` (Cilium's multi-gateway form, which makes
     Cilium ignore ``egressGateway``; it is still set to the first entry because the schema requires it).
     """
     def gateway(entry):
-        out = {"nodeSelector": {"matchLabels": dict(entry["node_selector"])}, "egressIP": entry["egress_ip"]}
+        # egressIP or interface, never both: Cilium ignores a policy whose gateway sets both.
+        out = {"nodeSelector": {"matchLabels": dict(entry["node_selector"])}}
         if entry.get("interface"):
             out["interface"] = entry["interface"]
+        else:
+            out["egressIP"] = entry["egress_ip"]
         return out
 
     spec = {"selectors": [{"podSelector": {"matchLabels": {INTERNET_LABEL: "true",

@@ -16,6 +16,10 @@ description:
     It selects the pods labelled C(liteboxd.io/internet-access=true) in the sandbox namespace and sends their
     traffic to O(destination_cidrs) (minus O(excluded_cidrs)) through the egress node, SNATed to O(egress_ip).
     O(egress_ip) is the egress node's ZeroTier address, which the node's policy routing sends through the tunnel.
+  - Cilium takes the SNAT address either from O(egress_ip) or from the first IPv4 address of O(interface).
+    Cilium ignores a policy whose gateway names both, so its sandboxes would leave from their own node. The
+    module refuses both together, and an O(excluded_cidrs) entry outside every O(destination_cidrs) entry,
+    which Cilium would ignore too, before any request.
   - Several O(egress_gateways) fill Cilium's C(egressGateways) list, the multi-gateway form of the policy.
     A Cilium whose CRD lacks that field would silently drop it, so the module then fails and says so.
     It never reports a policy the cluster would not enforce as written.
@@ -51,14 +55,17 @@ options:
   egress_ip:
     description:
       - IPv4 address the sandbox traffic is SNATed to on the egress node (the node's ZeroTier address).
-      - Required with O(state=present) unless O(egress_gateways) is given.
+      - With O(state=present) one of O(egress_ip) and O(interface) is required unless O(egress_gateways) is given.
+        They are mutually exclusive.
     type: str
   node_selector:
     description: Labels that pick the egress node for O(egress_ip).
     type: dict
     default: {liteboxd.io/role: egress}
   interface:
-    description: Interface on the egress node whose address is used, as an alternative hint to Cilium.
+    description:
+      - Interface on the egress node whose first IPv4 address Cilium uses instead of O(egress_ip)
+        (the ZeroTier device). Mutually exclusive with O(egress_ip) and O(egress_gateways).
     type: str
   egress_gateways:
     description:
@@ -68,15 +75,14 @@ options:
     elements: dict
     suboptions:
       egress_ip:
-        description: IPv4 SNAT address on that node.
+        description: IPv4 SNAT address on that node. Give it or O(egress_gateways[].interface), not both.
         type: str
-        required: true
       node_selector:
         description: Labels that pick the node.
         type: dict
         required: true
       interface:
-        description: Interface on the node.
+        description: Interface on the node whose first IPv4 address is the SNAT address, instead of O(egress_gateways[].egress_ip).
         type: str
   destination_cidrs:
     description: Destinations sent through the egress gateway.
@@ -84,7 +90,9 @@ options:
     elements: str
     default: [0.0.0.0/0]
   excluded_cidrs:
-    description: Destinations left out (cluster and private networks stay direct).
+    description:
+      - Destinations left out (cluster and private networks stay direct).
+      - Each must overlap an entry of O(destination_cidrs); Cilium ignores one that does not.
     type: list
     elements: str
     default: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16]
@@ -101,6 +109,10 @@ EXAMPLES = r"""
     egress_gateways:
       - {node_selector: {kubernetes.io/hostname: egress-a}, egress_ip: 10.147.17.5}
       - {node_selector: {kubernetes.io/hostname: egress-b}, egress_ip: 10.147.17.6}
+
+- name: The SNAT address is the first IPv4 address of the ZeroTier device (instead of egress_ip)
+  liteboxd.sandbox_network.egress_gateway_policy:
+    interface: ztabcdef12
 
 - name: Rollback, sandboxes leave through their own node again
   liteboxd.sandbox_network.egress_gateway_policy:
@@ -144,7 +156,7 @@ def argument_spec():
         node_selector=dict(type="dict", default={manifests.EGRESS_NODE_LABEL: "egress"}),
         interface=dict(type="str"),
         egress_gateways=dict(type="list", elements="dict", options=dict(
-            egress_ip=dict(type="str", required=True),
+            egress_ip=dict(type="str"),
             node_selector=dict(type="dict", required=True),
             interface=dict(type="str"),
         )),
@@ -155,39 +167,45 @@ def argument_spec():
     return spec
 
 
+def gateway_entry(entry, option):
+    """One gateway node (``option`` names it in messages): its selector and exactly one of egress IP
+    and interface."""
+    field, subject = (option + ".", option + ": ") if option else ("", "")
+    if not entry["node_selector"]:
+        raise manifests.ManifestError("%snode_selector: name at least one node label" % field)
+    if entry["egress_ip"] and entry["interface"]:
+        raise manifests.ManifestError(
+            "%segress_ip and interface: give one of them, not both: Cilium ignores an egress gateway policy whose "
+            "gateway sets both egressIP and interface, and its sandboxes would leave from their own node" % subject)
+    if not (entry["egress_ip"] or entry["interface"]):
+        raise manifests.ManifestError(
+            "%segress_ip or interface is required with state=present (the egress node's ZeroTier address, or its "
+            "ZeroTier device)%s" % (subject, "" if option else ", or give egress_gateways"))
+    return {"egress_ip": manifests.check_ipv4(entry["egress_ip"], field + "egress_ip") if entry["egress_ip"] else None,
+            "node_selector": manifests.check_labels(entry["node_selector"], field + "node_selector"),
+            "interface": entry["interface"]}
+
+
 def desired_policy(params):
     """The policy for the options; raises ManifestError naming the bad option."""
     p = params
     manifests.check_name(p["sandbox_namespace"], "sandbox_namespace")
     if p["egress_gateways"]:
-        gateways = []
-        for index, entry in enumerate(p["egress_gateways"]):
-            option = "egress_gateways[%d]" % index
-            if not entry["node_selector"]:
-                raise manifests.ManifestError("%s.node_selector: name at least one node label" % option)
-            gateways.append({"egress_ip": manifests.check_ipv4(entry["egress_ip"], option + ".egress_ip"),
-                             "node_selector": manifests.check_labels(entry["node_selector"], option + ".node_selector"),
-                             "interface": entry["interface"]})
-    elif p["egress_ip"]:
-        if not p["node_selector"]:
-            raise manifests.ManifestError("node_selector: name at least one node label")
-        gateways = [{"egress_ip": manifests.check_ipv4(p["egress_ip"], "egress_ip"),
-                     "node_selector": manifests.check_labels(p["node_selector"], "node_selector"),
-                     "interface": p["interface"]}]
+        gateways = [gateway_entry(entry, "egress_gateways[%d]" % index)
+                    for index, entry in enumerate(p["egress_gateways"])]
     else:
-        raise manifests.ManifestError("egress_ip: required with state=present (the egress node's ZeroTier address), "
-                                      "or give egress_gateways")
+        gateways = [gateway_entry(p, "")]
     if not p["destination_cidrs"]:
         raise manifests.ManifestError("destination_cidrs: name at least one destination CIDR")
+    destinations = manifests.check_cidrs(p["destination_cidrs"], "destination_cidrs")
     return manifests.egress_gateway_policy(
-        gateways, name=p["name"], namespace=p["sandbox_namespace"],
-        destination_cidrs=manifests.check_cidrs(p["destination_cidrs"], "destination_cidrs"),
-        excluded_cidrs=manifests.check_cidrs(p["excluded_cidrs"], "excluded_cidrs"))
+        gateways, name=p["name"], namespace=p["sandbox_namespace"], destination_cidrs=destinations,
+        excluded_cidrs=manifests.check_excluded_cidrs(p["excluded_cidrs"], destinations, "excluded_cidrs"))
 
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("egress_ip", "egress_gateways")])
+                           mutually_exclusive=[("egress_ip", "egress_gateways"), ("interface", "egress_gateways")])
     desired = None
     try:
         if module.params["state"] == "present":
