@@ -96,3 +96,41 @@ def test_cluster_mode_requires_an_image(tmp_path, cluster_vars):
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode != 0
     assert "gateway_image" in out.stdout
+
+
+def test_the_default_gateway_pods_are_admitted_by_the_default_policy(tmp_path, kube_apiserver, kube_namespace,
+                                                                     cluster_vars):
+    """The Deployment the role renders and the policy the module renders, both with their defaults, line
+    up: a Pod made from the Deployment's template (as its ReplicaSet would) is the peer that
+    allow-gateway-ingress admits, in the namespace the role created (the API server evaluates both
+    selectors)."""
+    from kubernetes import client
+
+    from tests.lib.apiserver import delete_namespace
+    from tests.lib.modules import run_module
+
+    api = kube_apiserver.api_client()
+    apps, core, networking = client.AppsV1Api(api), client.CoreV1Api(api), client.NetworkingV1Api(api)
+    gateway_namespace = kube_namespace + "-gw"
+    variables = {key: value for key, value in cluster_vars.items() if key not in (
+        "gateway_namespace", "gateway_create_namespace")}
+    try:
+        run_role(tmp_path, dict(variables, gateway_namespace=gateway_namespace))
+        run_module("sandbox_network_policies", {"kubeconfig": kube_apiserver.kubeconfig, "namespace": kube_namespace,
+                                                "gateway_namespace": gateway_namespace})
+        template = apps.read_namespaced_deployment("liteboxd-gateway", gateway_namespace).spec.template
+        core.create_namespaced_pod(gateway_namespace, {
+            "metadata": {"name": "liteboxd-gateway-abc12", "labels": template.metadata.labels},
+            "spec": api.sanitize_for_serialization(template.spec)})
+        peer = networking.read_namespaced_network_policy("allow-gateway-ingress", kube_namespace).spec.ingress[0]._from[0]
+
+        namespaces = core.list_namespace(label_selector=",".join(
+            f"{k}={v}" for k, v in peer.namespace_selector.match_labels.items())).items
+        pods = core.list_namespaced_pod(gateway_namespace, label_selector=",".join(
+            f"{k}={v}" for k, v in peer.pod_selector.match_labels.items())).items
+    finally:
+        run_role(tmp_path, dict(variables, gateway_namespace=gateway_namespace, gateway_state="absent"))
+        delete_namespace(api, gateway_namespace)
+
+    assert [n.metadata.name for n in namespaces] == [gateway_namespace]
+    assert [p.metadata.name for p in pods] == ["liteboxd-gateway-abc12"]
