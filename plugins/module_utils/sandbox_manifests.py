@@ -225,10 +225,12 @@ def _cilium_namespaced(labels, namespace):
 
 def base_policies(namespace=DEFAULT_NAMESPACE, gateway_sources=GATEWAY_SOURCES,
                   gateway_namespace=DEFAULT_GATEWAY_NAMESPACE, gateway_pod_labels=None, gateway_ports=(),
-                  dns_namespace=DEFAULT_DNS_NAMESPACE, dns_pod_labels=None, private_cidrs=PRIVATE_CIDRS):
+                  dns_namespace=DEFAULT_DNS_NAMESPACE, dns_pod_labels=None, private_cidrs=PRIVATE_CIDRS,
+                  gateway_source_cidrs=()):
     """The base set: default deny in and out, DNS to kube-dns only (through Cilium's DNS proxy,
     so FQDN policies learn names), no K8s API / nodes / metadata / private ranges, and ingress
-    only from the gateway (in-cluster pods and/or hosts) on ``gateway_ports`` (empty: any port)."""
+    only from the gateway (in-cluster pods, the cluster's nodes and/or hosts outside the cluster
+    by address) on ``gateway_ports`` (empty: any port)."""
     gateway_pod_labels = DEFAULT_GATEWAY_POD_LABELS if gateway_pod_labels is None else gateway_pod_labels
     dns_pod_labels = DEFAULT_DNS_POD_LABELS if dns_pod_labels is None else dns_pod_labels
     policies = [
@@ -251,6 +253,7 @@ def base_policies(namespace=DEFAULT_NAMESPACE, gateway_sources=GATEWAY_SOURCES,
                         + ([{"toCIDRSet": [{"cidr": cidr} for cidr in private_cidrs]}] if private_cidrs else [])}),
     ]
     ports = [{"port": port, "protocol": "TCP"} for port in gateway_ports]
+    cilium_ports = [{"ports": [{"port": text_type(p["port"]), "protocol": "TCP"} for p in ports]}] if ports else None
     if "cluster" in gateway_sources:
         rule = {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": gateway_namespace}},
                           "podSelector": {"matchLabels": dict(gateway_pod_labels)}}]}
@@ -262,12 +265,22 @@ def base_policies(namespace=DEFAULT_NAMESPACE, gateway_sources=GATEWAY_SOURCES,
             {"podSelector": _sandbox_selector(), "policyTypes": ["Ingress"], "ingress": [rule]}))
     if "host" in gateway_sources:
         rule = {"fromEntities": ["host", "remote-node"]}
-        if ports:
-            rule["toPorts"] = [{"ports": [{"port": text_type(p["port"]), "protocol": "TCP"} for p in ports]}]
+        if cilium_ports:
+            rule["toPorts"] = cilium_ports
         policies.append(_cilium_policy(
             "allow-gateway-ingress-from-hosts", namespace, owned_labels("base"),
             "Sandboxes accept connections from the cluster's nodes, where the LiteBoxd gateway runs as a host "
             "service.", {"endpointSelector": _sandbox_selector(), "ingress": [rule]}))
+    if gateway_source_cidrs:
+        # A gateway host outside the cluster is neither Cilium's host nor remote-node entity; CIDR
+        # rules are what match "a network endpoint outside the cluster" (Cilium's policy language).
+        rule = {"fromCIDRSet": [{"cidr": cidr} for cidr in gateway_source_cidrs]}
+        if cilium_ports:
+            rule["toPorts"] = cilium_ports
+        policies.append(_cilium_policy(
+            "allow-gateway-ingress-from-cidrs", namespace, owned_labels("base"),
+            "Sandboxes accept connections from the LiteBoxd gateway hosts outside the cluster, by address.",
+            {"endpointSelector": _sandbox_selector(), "ingress": [rule]}))
     return policies
 
 

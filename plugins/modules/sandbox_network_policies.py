@@ -17,8 +17,8 @@ description:
     (C(rules.dns matchPattern "*")) so that C(toFQDNs) policies learn names. C(deny-k8s-api)
     (CiliumNetworkPolicy, C(egressDeny)) blocks the Kubernetes API, the nodes, link-local/cloud metadata
     and the private ranges. C(allow-gateway-ingress) (NetworkPolicy, gateway pods) and/or
-    C(allow-gateway-ingress-from-hosts) (CiliumNetworkPolicy, entities C(host) and C(remote-node)) admit
-    the gateway only.
+    C(allow-gateway-ingress-from-hosts) (CiliumNetworkPolicy, entities C(host) and C(remote-node)) and/or
+    C(allow-gateway-ingress-from-cidrs) (CiliumNetworkPolicy, O(gateway_source_cidrs)) admit the gateway only.
   - Ensures the B(internet set) C(allow-internet-egress) (NetworkPolicy). Pods labelled
     C(liteboxd.io/internet-access=true) reach any public IPv4 address on every port and protocol
     (C(ipBlock 0.0.0.0/0) except the private ranges, no port list).
@@ -72,11 +72,22 @@ options:
       - Where the gateway connects from. V(cluster) means in-cluster gateway pods (O(gateway_namespace),
         O(gateway_pod_labels)). V(host) means the cluster's nodes (Cilium entities C(host) and C(remote-node)),
         for a gateway running as a host service.
-      - At least one source is needed.
+      - At least one source is needed, here or in O(gateway_source_cidrs).
     type: list
     elements: str
     choices: [cluster, host]
     default: [cluster, host]
+  gateway_source_cidrs:
+    description:
+      - Addresses of gateway hosts B(outside) the cluster, admitted by C(allow-gateway-ingress-from-cidrs)
+        (CiliumNetworkPolicy C(fromCIDRSet)). A host that is not a cluster node is neither Cilium's C(host)
+        nor C(remote-node) entity, so V(host) in O(gateway_sources) does not admit it.
+      - Cilium's CIDR rules match only endpoints outside the cluster, never a node's or a Pod's address.
+        Such a host also needs a route to the Pod addresses through a cluster node; docs/gateway.md says
+        what that takes.
+    type: list
+    elements: str
+    default: []
   gateway_namespace:
     description:
       - Namespace of the in-cluster gateway pods (matched by its C(kubernetes.io/metadata.name) label).
@@ -190,6 +201,7 @@ def argument_spec():
         gateway_namespace=dict(type="str", default=manifests.DEFAULT_GATEWAY_NAMESPACE),
         gateway_pod_labels=dict(type="dict", default=dict(manifests.DEFAULT_GATEWAY_POD_LABELS)),
         gateway_ports=dict(type="list", elements="int", default=[]),
+        gateway_source_cidrs=dict(type="list", elements="str", default=[]),
         dns_namespace=dict(type="str", default=manifests.DEFAULT_DNS_NAMESPACE),
         dns_pod_labels=dict(type="dict", default=dict(manifests.DEFAULT_DNS_POD_LABELS)),
         private_cidrs=dict(type="list", elements="str", default=list(manifests.PRIVATE_CIDRS)),
@@ -204,16 +216,17 @@ def desired_policies(params):
     manifests.check_name(p["namespace"], "namespace")
     manifests.check_name(p["gateway_namespace"], "gateway_namespace")
     manifests.check_name(p["dns_namespace"], "dns_namespace")
-    if not p["gateway_sources"]:
-        raise manifests.ManifestError("gateway_sources: name at least one of cluster, host "
-                                      "(without a source no gateway can reach the sandboxes)")
+    if not p["gateway_sources"] and not p["gateway_source_cidrs"]:
+        raise manifests.ManifestError("gateway_sources: name at least one of cluster, host, or give "
+                                      "gateway_source_cidrs (without a source no gateway can reach the sandboxes)")
     private = manifests.check_cidrs(p["private_cidrs"], "private_cidrs", version=4)
     policies = manifests.base_policies(
         namespace=p["namespace"], gateway_sources=p["gateway_sources"], gateway_namespace=p["gateway_namespace"],
         gateway_pod_labels=manifests.check_labels(p["gateway_pod_labels"], "gateway_pod_labels"),
         gateway_ports=manifests.check_ports(p["gateway_ports"], "gateway_ports"),
         dns_namespace=p["dns_namespace"], dns_pod_labels=manifests.check_labels(p["dns_pod_labels"], "dns_pod_labels"),
-        private_cidrs=private)
+        private_cidrs=private,
+        gateway_source_cidrs=manifests.check_cidrs(p["gateway_source_cidrs"], "gateway_source_cidrs"))
     if p["internet_set"]:
         policies.extend(manifests.internet_policies(namespace=p["namespace"], private_cidrs=private))
     return policies

@@ -135,6 +135,7 @@ def test_close_codes_never_put_1005_1006_on_the_wire(received, vanished, sent):
 
 
 def test_config_from_environment_and_flags(monkeypatch):
+    monkeypatch.setenv("LITEBOXD_GATEWAY_LISTEN_HOST", "127.0.0.1")
     monkeypatch.setenv("LITEBOXD_GATEWAY_NAMESPACE", "from-env")
     monkeypatch.setenv("LITEBOXD_GATEWAY_ACCESS_LOG", "false")
     monkeypatch.setenv("LITEBOXD_GATEWAY_ALLOWED_PORTS", "80, 1024-2048")
@@ -146,7 +147,8 @@ def test_config_from_environment_and_flags(monkeypatch):
     assert defaults.label_selector == "liteboxd.io/sandbox=true"
 
 
-def test_config_errors_name_the_flag():
+def test_config_errors_name_the_flag(monkeypatch):
+    monkeypatch.setenv("LITEBOXD_GATEWAY_LISTEN_HOST", "127.0.0.1")
     with pytest.raises(config.ConfigError, match="--drain-delay"):
         config.load(["--drain-delay", "-1"])
     with pytest.raises(config.ConfigError, match="--token-cookie"):

@@ -5,6 +5,7 @@ the environment. Values are checked here, so a bad setting stops the gateway bef
 """
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
 
@@ -58,6 +59,9 @@ class Config:
 
     listen_host: str = "0.0.0.0"
     port: int = 8080
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    allow_plain_http: bool = False
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     workers: int = 1
@@ -133,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("--listen-host", str, "address to listen on")
     add("--port", int, "proxy port")
+    add("--tls-cert-file", str, "PEM certificate (chain) to serve HTTPS with, together with --tls-key-file; "
+        "empty: plain HTTP")
+    add("--tls-key-file", str, "PEM private key of --tls-cert-file")
+    add("--allow-plain-http", bool, "serve plain HTTP on a non-loopback --listen-host, where access tokens cross the "
+        "network in clear: only behind a TLS terminator that reaches the gateway over a trusted link")
     add("--metrics-host", str, "address of the Prometheus metrics listener")
     add("--metrics-port", int, "Prometheus metrics port (worker N listens on port+N; 0: a free port each, logged at start)")
     add("--workers", int, "worker processes sharing the proxy port with SO_REUSEPORT")
@@ -191,6 +200,15 @@ def _check(config: Config) -> Config:
     for name in ("upstream_read_timeout", "upstream_connect_retries", "max_concurrent_per_sandbox",
                  "rate_per_sandbox", "drain_delay"):
         positive(name, getattr(config, name), allow_zero=True)
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError("--tls-cert-file and --tls-key-file: give both (the certificate chain and its private key) "
+                          "or neither")
+    if not config.tls_cert_file and not config.allow_plain_http and not is_loopback(config.listen_host):
+        raise ConfigError(
+            f"--listen-host {config.listen_host or '(all addresses)'}: refusing to serve plain HTTP on a non-loopback "
+            "address, where sandbox access tokens would cross the network in clear. Give --tls-cert-file and "
+            "--tls-key-file, or listen on 127.0.0.1 behind a local TLS terminator, or set --allow-plain-http "
+            f"({ENV_PREFIX}ALLOW_PLAIN_HTTP=true) when a TLS terminator in front reaches the gateway over a trusted link")
     if config.domain and not DOMAIN_RE.match(config.domain):
         raise ConfigError(f"--domain: not a lower-case DNS name: {config.domain!r}")
     if config.websocket_upstream not in WEBSOCKET_UPSTREAMS:
@@ -201,6 +219,16 @@ def _check(config: Config) -> Config:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", getattr(config, name)):
             raise ConfigError(f"--{name.replace('_', '-')}: letters, digits, '_', '.', '-' only")
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address keeps the listener on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load(argv=None) -> Config:
