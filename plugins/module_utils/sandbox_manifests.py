@@ -320,7 +320,11 @@ def domain_policy(sandbox, namespace, domains):
 
 def egress_gateway_policy(egress_gateways, name=EGRESS_GATEWAY_POLICY_NAME, namespace=DEFAULT_NAMESPACE,
                           destination_cidrs=("0.0.0.0/0",), excluded_cidrs=PRIVATE_CIDRS):
-    """The cluster-scoped CiliumEgressGatewayPolicy for internet-enabled sandboxes.
+    """The cluster-scoped CiliumEgressGatewayPolicy for the sandboxes of ``namespace``.
+
+    It selects every sandbox, not only the internet-labelled ones: the network policies decide what
+    may leave (the internet, or a sandbox's allowed domains), and all of it leaves through the egress
+    node; a sandbox without internet access sends nothing it would apply to.
 
     ``egress_gateways``: ``[{node_selector, egress_ip or interface}]``. One entry fills
     ``egressGateway``; several fill ``egressGateways`` (Cilium's multi-gateway form, which makes
@@ -335,7 +339,7 @@ def egress_gateway_policy(egress_gateways, name=EGRESS_GATEWAY_POLICY_NAME, name
             out["egressIP"] = entry["egress_ip"]
         return out
 
-    spec = {"selectors": [{"podSelector": {"matchLabels": {INTERNET_LABEL: "true",
+    spec = {"selectors": [{"podSelector": {"matchLabels": {SANDBOX_LABEL: "true",
                                                            "io.kubernetes.pod.namespace": namespace}}}],
             "destinationCIDRs": list(destination_cidrs),
             "egressGateway": gateway(egress_gateways[0])}
@@ -345,7 +349,8 @@ def egress_gateway_policy(egress_gateways, name=EGRESS_GATEWAY_POLICY_NAME, name
         spec["egressGateways"] = [gateway(entry) for entry in egress_gateways]
     return {"apiVersion": "cilium.io/v2", "kind": "CiliumEgressGatewayPolicy",
             "metadata": _metadata(name, None, owned_labels("egress-gateway"),
-                                  "Internet-enabled LiteBoxd sandboxes leave the cluster through the egress node(s)."),
+                                  "What LiteBoxd sandboxes may send out leaves the cluster through the egress "
+                                  "node(s)."),
             "spec": spec}
 
 

@@ -9,12 +9,14 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: egress_gateway_policy
-short_description: Cilium egress gateway policy that sends internet-enabled sandboxes out through the egress node
+short_description: Cilium egress gateway policy that sends sandbox egress out through the egress node
 version_added: 0.1.0
 description:
   - Ensures the cluster-scoped C(CiliumEgressGatewayPolicy) (default name C(liteboxd-sandbox-egress-via-node)).
-    It selects the pods labelled C(liteboxd.io/internet-access=true) in the sandbox namespace and sends their
+    It selects every sandbox Pod (C(liteboxd.io/sandbox=true)) in the sandbox namespace and sends their
     traffic to O(destination_cidrs) (minus O(excluded_cidrs)) through the egress node, SNATed to O(egress_ip).
+    The network policies decide what may leave, the internet or a sandbox's allowed domains; all of it
+    leaves through the egress node. A sandbox without internet access sends nothing the policy applies to.
     O(egress_ip) is the egress node's ZeroTier address, which the node's policy routing sends through the tunnel.
   - Cilium takes the SNAT address either from O(egress_ip) or from the first IPv4 address of O(interface).
     Cilium ignores a policy whose gateway names both, so its sandboxes would leave from their own node. The
@@ -99,7 +101,7 @@ options:
 """
 
 EXAMPLES = r"""
-- name: Internet-enabled sandboxes leave through the egress node's ZeroTier address
+- name: What sandboxes may send out leaves through the egress node's ZeroTier address
   liteboxd.sandbox_network.egress_gateway_policy:
     kubeconfig: /etc/liteboxd/kubeconfig
     egress_ip: 10.147.17.5
@@ -130,7 +132,7 @@ policy:
     metadata: {name: liteboxd-sandbox-egress-via-node}
     spec:
       selectors:
-        - podSelector: {matchLabels: {liteboxd.io/internet-access: "true", io.kubernetes.pod.namespace: liteboxd-sandbox}}
+        - podSelector: {matchLabels: {liteboxd.io/sandbox: "true", io.kubernetes.pod.namespace: liteboxd-sandbox}}
       destinationCIDRs: [0.0.0.0/0]
       excludedCIDRs: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16]
       egressGateway: {nodeSelector: {matchLabels: {liteboxd.io/role: egress}}, egressIP: 10.147.17.5}

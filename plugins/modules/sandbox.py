@@ -15,7 +15,8 @@ description:
   - Creates or deletes a sandbox Pod named O(name) (the sandbox id) in the sandbox namespace. The Pod carries
     the labels the network policies and the gateway select, C(liteboxd.io/sandbox=true),
     C(liteboxd.io/sandbox-id=<name>) and C(app.kubernetes.io/managed-by=liteboxd.sandbox_network).
-    C(liteboxd.io/internet-access=true) is added when O(network.allow_internet_access) is set.
+    C(liteboxd.io/internet-access=true) is added when O(network.allow_internet_access) is set without
+    O(network.allowed_domains).
   - On creation only, generates an access token (C(secrets.token_urlsafe(32)), 256 bits). It is stored in the
     annotation C(liteboxd.io/access-token), or only its SHA-256 (lowercase hex) in
     C(liteboxd.io/access-token-sha256) with O(token_storage=hash). It is returned once, in RV(access_token).
@@ -23,6 +24,10 @@ description:
   - Changing only O(network) patches the Pod's labels and the sandbox's domain policy in place, so the
     sandbox keeps running. Changing the Pod spec (O(image), O(command), O(env), O(ports), O(resources)) fails
     unless O(recreate=true), because a Pod's spec cannot be changed in place.
+  - Network access follows LiteBoxd's semantics. Without O(network.allow_internet_access) the sandbox reaches
+    nothing. With it, and without O(network.allowed_domains), it reaches the internet. With both, it reaches
+    only the listed domains. The egress gateway policy selects every sandbox, so what a sandbox may send out
+    leaves through the egress node either way.
   - O(network.allowed_domains) becomes the CiliumNetworkPolicy C(allow-domains-<name>) (C(toFQDNs) on TCP 80
     and 443, label C(liteboxd.io/policy-set=domains)). This module owns it. It is created, changed and
     deleted with the sandbox.
@@ -90,14 +95,17 @@ options:
     suboptions:
       allow_internet_access:
         description:
-          - Label the Pod C(liteboxd.io/internet-access=true). The internet set of
-            M(liteboxd.sandbox_network.sandbox_network_policies) and the egress gateway policy select that label.
+          - Outbound access. V(false) means the sandbox reaches nothing outside (DNS aside).
+          - V(true) without O(network.allowed_domains) labels the Pod C(liteboxd.io/internet-access=true), which the
+            internet set of M(liteboxd.sandbox_network.sandbox_network_policies) selects (every public address).
+            With O(network.allowed_domains) the Pod gets no such label and reaches only those domains.
         type: bool
         default: false
       allowed_domains:
         description:
-          - Domains reachable on TCP 80/443 even without internet access. Use exact names (V(pypi.org)) or
-            V(*.) wildcards (V(*.github.com) matches subdomains, not C(github.com) itself).
+          - With O(network.allow_internet_access=true), the only destinations the sandbox reaches, on TCP 80/443
+            (LiteBoxd's semantics). Refused without it, where the sandbox reaches nothing. Use exact names
+            (V(pypi.org)) or V(*.) wildcards (V(*.github.com) matches subdomains, not C(github.com) itself).
         type: list
         elements: str
         default: []
@@ -158,11 +166,13 @@ EXAMPLES = r"""
     ports: [8000]
     resources: {limits: {cpu: "1", memory: 1Gi}}
     network:
-      allow_internet_access: false
+      allow_internet_access: true
       allowed_domains: [pypi.org, files.pythonhosted.org, "*.github.com"]
     token_storage: hash
+  register: sandbox
+  no_log: true  # the result holds the access token (returned on creation and rotation)
 
-- name: Delete it
+- name: Delete it (no token is returned on deletion)
   liteboxd.sandbox_network.sandbox:
     name: sbx-7f3a
     state: absent
@@ -197,7 +207,9 @@ ready:
   type: bool
   sample: true
 internet_access:
-  description: Whether the Pod carries C(liteboxd.io/internet-access=true).
+  description:
+    - Whether the Pod carries C(liteboxd.io/internet-access=true), that is internet access without an allow-list
+      of domains.
   returned: when state is present
   type: bool
   sample: true
@@ -264,7 +276,14 @@ class Sandbox(object):
         if not p["image"] or not p["image"].strip():
             raise manifests.ManifestError("image: required with state=present")
         network = p["network"] or {"allow_internet_access": False, "allowed_domains": []}
-        self.allow_internet = network["allow_internet_access"]
+        domains = network["allowed_domains"]
+        if domains and not network["allow_internet_access"]:
+            raise manifests.ManifestError(
+                "network.allowed_domains: needs network.allow_internet_access: true. As in LiteBoxd, a sandbox "
+                "without internet access reaches nothing, and with internet access and allowed_domains it reaches "
+                "those domains only; set allow_internet_access: true to allow them, or drop allowed_domains")
+        # Internet access with domains is those domains only: no internet label then.
+        self.allow_internet = network["allow_internet_access"] and not domains
         env = p["env"] or {}
         for key in env:
             if not key or "=" in key:
@@ -276,7 +295,6 @@ class Sandbox(object):
         self.labels = manifests.sandbox_labels(
             self.name, self.allow_internet,
             manifests.check_labels(p["labels"], "labels", reserved=manifests.RESERVED_LABELS))
-        domains = network["allowed_domains"]
         self.domain_policy = manifests.domain_policy(self.name, self.namespace, domains) if domains else None
 
     def pod(self, token_annotations):

@@ -43,8 +43,9 @@ def test_policy_is_accepted_and_a_second_run_changes_nothing(kube_apiserver, kub
     assert policy["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "liteboxd.sandbox_network",
                                             "liteboxd.io/policy-set": "egress-gateway"}
     spec = policy["spec"]
+    # Every sandbox: the network policies decide what may leave, and all of it leaves through the tunnel.
     assert spec["selectors"] == [{"podSelector": {"matchLabels": {
-        "liteboxd.io/internet-access": "true", "io.kubernetes.pod.namespace": kube_namespace}}}]
+        "liteboxd.io/sandbox": "true", "io.kubernetes.pod.namespace": kube_namespace}}}]
     assert spec["destinationCIDRs"] == ["0.0.0.0/0"]
     assert spec["excludedCIDRs"] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
                                      "169.254.0.0/16"]

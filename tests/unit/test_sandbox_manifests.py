@@ -102,16 +102,16 @@ def test_egress_gateway_policy_single_and_multi_gateway_forms():
     assert single["metadata"]["name"] == "liteboxd-sandbox-egress-via-node"
     assert "namespace" not in single["metadata"]  # cluster-scoped
     assert single["spec"] == {
-        "selectors": [{"podSelector": {"matchLabels": {"liteboxd.io/internet-access": "true",
+        "selectors": [{"podSelector": {"matchLabels": {"liteboxd.io/sandbox": "true",
                                                        "io.kubernetes.pod.namespace": "liteboxd-sandbox"}}}],
         "destinationCIDRs": ["0.0.0.0/0"],
         "egressGateway": {"nodeSelector": {"matchLabels": {"liteboxd.io/role": "egress"}}, "egressIP": "10.147.17.5"},
         "excludedCIDRs": list(m.PRIVATE_CIDRS)}
     multi = m.egress_gateway_policy([
-        {"node_selector": {"h": "a"}, "egress_ip": "10.0.0.1", "interface": "zt0"},
+        {"node_selector": {"h": "a"}, "interface": "zt0"},
         {"node_selector": {"h": "b"}, "egress_ip": "10.0.0.2"}], excluded_cidrs=[])
     assert multi["spec"]["egressGateway"] == multi["spec"]["egressGateways"][0]
-    assert multi["spec"]["egressGateways"][0]["interface"] == "zt0"
+    assert multi["spec"]["egressGateways"][0] == {"nodeSelector": {"matchLabels": {"h": "a"}}, "interface": "zt0"}
     assert len(multi["spec"]["egressGateways"]) == 2
     assert "excludedCIDRs" not in multi["spec"]
 
