@@ -13,7 +13,8 @@ short_description: Cilium egress gateway policy that sends sandbox egress out th
 version_added: 0.1.0
 description:
   - Ensures the cluster-scoped C(CiliumEgressGatewayPolicy) (default name C(liteboxd-sandbox-egress-via-node)).
-    It selects every sandbox Pod (C(liteboxd.io/sandbox=true)) in the sandbox namespace and sends their
+    It selects every sandbox Pod (C(liteboxd.io/sandbox=true), or C(app=liteboxd) with O(profile=liteboxd)) in
+    the sandbox namespace and sends their
     traffic to O(destination_cidrs) (minus O(excluded_cidrs)) through the egress node, SNATed to O(egress_ip).
     The network policies decide what may leave, the internet or a sandbox's allowed domains; all of it
     leaves through the egress node. A sandbox without internet access sends nothing the policy applies to.
@@ -54,6 +55,15 @@ options:
     description: Namespace of the sandbox pods the policy selects.
     type: str
     default: liteboxd-sandbox
+  profile:
+    description:
+      - Which Pods are sandboxes. V(default) selects C(liteboxd.io/sandbox=true), the Pods of
+        M(liteboxd.sandbox_network.sandbox).
+      - V(liteboxd) selects C(app=liteboxd), the Pods LiteBoxd's server creates (C(sandbox-<id>), labelled
+        C(app=liteboxd) and C(sandbox-id=<id>)).
+    type: str
+    choices: [default, liteboxd]
+    default: default
   egress_ip:
     description:
       - IPv4 address the sandbox traffic is SNATed to on the egress node (the node's ZeroTier address).
@@ -154,6 +164,7 @@ def argument_spec():
         state=dict(type="str", choices=["present", "absent"], default="present"),
         name=dict(type="str", default=manifests.EGRESS_GATEWAY_POLICY_NAME),
         sandbox_namespace=dict(type="str", default=manifests.DEFAULT_NAMESPACE),
+        profile=dict(type="str", choices=sorted(manifests.PROFILES), default="default"),
         egress_ip=dict(type="str"),
         node_selector=dict(type="dict", default={manifests.EGRESS_NODE_LABEL: "egress"}),
         interface=dict(type="str"),
@@ -202,7 +213,8 @@ def desired_policy(params):
     destinations = manifests.check_cidrs(p["destination_cidrs"], "destination_cidrs")
     return manifests.egress_gateway_policy(
         gateways, name=p["name"], namespace=p["sandbox_namespace"], destination_cidrs=destinations,
-        excluded_cidrs=manifests.check_excluded_cidrs(p["excluded_cidrs"], destinations, "excluded_cidrs"))
+        excluded_cidrs=manifests.check_excluded_cidrs(p["excluded_cidrs"], destinations, "excluded_cidrs"),
+        profile=manifests.PROFILES[p["profile"]])
 
 
 def main():

@@ -15,6 +15,7 @@ description:
   - Creates or deletes a sandbox Pod named O(name) (the sandbox id) in the sandbox namespace. The Pod carries
     the labels the network policies and the gateway select, C(liteboxd.io/sandbox=true),
     C(liteboxd.io/sandbox-id=<name>) and C(app.kubernetes.io/managed-by=liteboxd.sandbox_network).
+    O(profile=liteboxd) names and labels it as LiteBoxd's server does instead.
     C(liteboxd.io/internet-access=true) is added when O(network.allow_internet_access) is set without
     O(network.allowed_domains).
   - On creation only, generates an access token (C(secrets.token_urlsafe(32)), 256 bits). It is stored in the
@@ -50,13 +51,25 @@ attributes:
 options:
   name:
     description:
-      - Sandbox id, used as the Pod name and in the C(liteboxd.io/sandbox-id) label (a DNS label, at most 63 characters).
+      - Sandbox id, in the id label (C(liteboxd.io/sandbox-id), or C(sandbox-id) with O(profile=liteboxd)) and in the
+        Pod name (the id itself, or C(sandbox-<id>) with O(profile=liteboxd)). A DNS label, at most 63 characters.
     type: str
     required: true
   namespace:
     description: The sandbox namespace.
     type: str
     default: liteboxd-sandbox
+  profile:
+    description:
+      - How the sandbox Pod is named and labelled. V(default) is this collection's naming, Pod C(<name>) with
+        C(liteboxd.io/sandbox=true) and C(liteboxd.io/sandbox-id=<name>).
+      - V(liteboxd) is the shape LiteBoxd's server gives its Pods, Pod C(sandbox-<name>) with C(app=liteboxd) and
+        C(sandbox-id=<name>), and RV(access_url) takes LiteBoxd's gateway path C(/api/v1/sandbox/<name>/port/<port>/).
+      - Use the profile the policies (M(liteboxd.sandbox_network.sandbox_network_policies)) and the gateway use,
+        or they do not select the sandbox.
+    type: str
+    choices: [default, liteboxd]
+    default: default
   state:
     description: Whether the sandbox exists. V(absent) deletes the Pod and its domain policy.
     type: str
@@ -129,7 +142,7 @@ options:
     default: false
   gateway_url:
     description:
-      - Base URL of the LiteBoxd gateway. RV(access_url) is C(<gateway_url>/sandbox/<name>/port/<first port>/).
+      - Base URL of the LiteBoxd gateway, for RV(access_url).
     type: str
     default: ''
   wait:
@@ -172,6 +185,16 @@ EXAMPLES = r"""
   register: sandbox
   no_log: true  # the result holds the access token (returned on creation and rotation)
 
+- name: A sandbox shaped as LiteBoxd's server makes them (Pod sandbox-sbx-9c1d, app=liteboxd, sandbox-id=sbx-9c1d)
+  liteboxd.sandbox_network.sandbox:
+    name: sbx-9c1d
+    profile: liteboxd
+    image: ghcr.io/liteboxd/python-sandbox:3.12
+    ports: [8000]
+    gateway_url: https://gw.example.com  # access_url: .../api/v1/sandbox/sbx-9c1d/port/8000/
+  register: sandbox
+  no_log: true  # the result holds the access token
+
 - name: Delete it (no token is returned on deletion)
   liteboxd.sandbox_network.sandbox:
     name: sbx-7f3a
@@ -187,7 +210,9 @@ access_token:
   type: str
   sample: 3q2-7wEXAMPLEonlyZ1xk0mVbQdJ4YhWq9sPzLrT8c
 access_url:
-  description: C(<gateway_url>/sandbox/<name>/port/<first port>/), null without ports.
+  description:
+    - C(<gateway_url>/sandbox/<name>/port/<first port>/), or C(<gateway_url>/api/v1/sandbox/<name>/port/<first port>/)
+      with O(profile=liteboxd); null without ports.
   returned: when state is present
   type: str
   sample: https://gw.example.com/sandbox/sbx-7f3a/port/8000/
@@ -239,6 +264,7 @@ def argument_spec():
     spec = dict(
         name=dict(type="str", required=True),
         namespace=dict(type="str", default=manifests.DEFAULT_NAMESPACE),
+        profile=dict(type="str", choices=sorted(manifests.PROFILES), default="default"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         image=dict(type="str"),
         command=dict(type="list", elements="str"),
@@ -267,7 +293,9 @@ class Sandbox(object):
     def __init__(self, params):
         p = params
         self.params = p
-        self.name = manifests.check_name(p["name"], "name")
+        self.profile = manifests.PROFILES[p["profile"]]
+        self.id = manifests.check_name(p["name"], "name")
+        self.name = self.profile.pod_name(self.id)  # the Pod's name
         self.namespace = manifests.check_name(p["namespace"], "namespace")
         if p["wait_timeout"] < 1:
             raise manifests.ManifestError("wait_timeout: must be at least 1 second")
@@ -293,9 +321,10 @@ class Sandbox(object):
             p["image"], command=p["command"], env=env, ports=self.ports,
             resources=manifests.check_resources(p["resources"], "resources"))
         self.labels = manifests.sandbox_labels(
-            self.name, self.allow_internet,
-            manifests.check_labels(p["labels"], "labels", reserved=manifests.RESERVED_LABELS))
-        self.domain_policy = manifests.domain_policy(self.name, self.namespace, domains) if domains else None
+            self.id, self.allow_internet,
+            manifests.check_labels(p["labels"], "labels", reserved=self.profile.reserved_labels), self.profile)
+        self.domain_policy = (manifests.domain_policy(self.id, self.namespace, domains, self.profile)
+                              if domains else None)
 
     def pod(self, token_annotations):
         return manifests.sandbox_pod(self.name, self.namespace, self.spec, self.labels, token_annotations)
@@ -376,7 +405,7 @@ def reconcile_domain_policy(client, sandbox, check_mode, diffs):
     if sandbox.params["state"] == "present" and sandbox.domain_policy:
         result = k8s.ensure_object(client, sandbox.domain_policy, check_mode)
     else:
-        result = k8s.remove_object(client, k8s.CILIUM_NETWORK_POLICY, manifests.domain_policy_name(sandbox.name),
+        result = k8s.remove_object(client, k8s.CILIUM_NETWORK_POLICY, manifests.domain_policy_name(sandbox.id),
                                    sandbox.namespace, check_mode)
     if result["changed"]:
         diffs.append(result["diff"])
@@ -408,10 +437,10 @@ def run(module, client, sandbox):
     output = dict(
         changed=pod_result["changed"] or policy["changed"],
         actions={"pod": pod_result["action"], "domain_policy": policy["action"]},
-        access_url=manifests.access_url(p["gateway_url"], sandbox.name, sandbox.ports),
+        access_url=manifests.access_url(p["gateway_url"], sandbox.id, sandbox.ports, sandbox.profile),
         pod_ip=status.get("podIP"), phase=status.get("phase"), ready=manifests.pod_ready(pod),
         internet_access=sandbox.allow_internet,
-        domain_policy=manifests.domain_policy_name(sandbox.name) if sandbox.domain_policy else None)
+        domain_policy=manifests.domain_policy_name(sandbox.id) if sandbox.domain_policy else None)
     if token:
         output["access_token"] = token
     return output, diffs

@@ -61,6 +61,19 @@ options:
         An existing namespace is not changed.
     type: bool
     default: true
+  profile:
+    description:
+      - Which Pods are sandboxes. V(default) selects C(liteboxd.io/sandbox=true), the Pods of
+        M(liteboxd.sandbox_network.sandbox).
+      - V(liteboxd) selects C(app=liteboxd), the Pods LiteBoxd's server creates (C(sandbox-<id>), labelled
+        C(app=liteboxd) and C(sandbox-id=<id>)). The objects are then named C(sandbox-network-<name>), because LiteBoxd's
+        server writes NetworkPolicies under the plain names (C(default-deny-all), C(allow-dns), C(deny-k8s-api),
+        C(allow-gateway-ingress), C(allow-internet-egress)) into the same namespace at start-up. Both sets then
+        apply together, and this set admits what LiteBoxd's does and more (DNS through Cilium's proxy, the
+        gateway's sources, the internet on every port).
+    type: str
+    choices: [default, liteboxd]
+    default: default
   internet_set:
     description:
       - Whether the internet set exists. V(false) deletes it, so no sandbox reaches the internet
@@ -144,6 +157,10 @@ EXAMPLES = r"""
       liteboxd.sandbox_network.egress_gateway_policy:
         egress_ip: 10.147.17.5
 
+- name: Policies for the Pods LiteBoxd's server creates (app=liteboxd), objects named sandbox-network-<name>
+  liteboxd.sandbox_network.sandbox_network_policies:
+    profile: liteboxd
+
 - name: Roll back
   liteboxd.sandbox_network.sandbox_network_policies:
     state: absent
@@ -196,6 +213,7 @@ def argument_spec():
         namespace=dict(type="str", default=manifests.DEFAULT_NAMESPACE),
         create_namespace=dict(type="bool", default=True),
         internet_set=dict(type="bool", default=True),
+        profile=dict(type="str", choices=sorted(manifests.PROFILES), default="default"),
         gateway_sources=dict(type="list", elements="str", choices=list(manifests.GATEWAY_SOURCES),
                              default=list(manifests.GATEWAY_SOURCES)),
         gateway_namespace=dict(type="str", default=manifests.DEFAULT_GATEWAY_NAMESPACE),
@@ -220,15 +238,17 @@ def desired_policies(params):
         raise manifests.ManifestError("gateway_sources: name at least one of cluster, host, or give "
                                       "gateway_source_cidrs (without a source no gateway can reach the sandboxes)")
     private = manifests.check_cidrs(p["private_cidrs"], "private_cidrs", version=4)
+    profile = manifests.PROFILES[p["profile"]]
     policies = manifests.base_policies(
         namespace=p["namespace"], gateway_sources=p["gateway_sources"], gateway_namespace=p["gateway_namespace"],
         gateway_pod_labels=manifests.check_labels(p["gateway_pod_labels"], "gateway_pod_labels"),
         gateway_ports=manifests.check_ports(p["gateway_ports"], "gateway_ports"),
         dns_namespace=p["dns_namespace"], dns_pod_labels=manifests.check_labels(p["dns_pod_labels"], "dns_pod_labels"),
         private_cidrs=private,
-        gateway_source_cidrs=manifests.check_cidrs(p["gateway_source_cidrs"], "gateway_source_cidrs"))
+        gateway_source_cidrs=manifests.check_cidrs(p["gateway_source_cidrs"], "gateway_source_cidrs"),
+        profile=profile)
     if p["internet_set"]:
-        policies.extend(manifests.internet_policies(namespace=p["namespace"], private_cidrs=private))
+        policies.extend(manifests.internet_policies(namespace=p["namespace"], private_cidrs=private, profile=profile))
     return policies
 
 

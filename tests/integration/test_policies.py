@@ -59,7 +59,8 @@ def test_sets_are_accepted_by_the_server_and_a_second_run_changes_nothing(kube_a
     assert deny[0] == {"toEntities": ["kube-apiserver", "host", "remote-node"]}
     assert {"cidr": "169.254.0.0/16"} in deny[1]["toCIDRSet"]
     internet = objects[("NetworkPolicy", "allow-internet-egress")]["spec"]
-    assert internet["podSelector"] == {"matchLabels": {"liteboxd.io/internet-access": "true"}}
+    assert internet["podSelector"] == {"matchLabels": {"liteboxd.io/sandbox": "true",
+                                                       "liteboxd.io/internet-access": "true"}}
     rule = internet["egress"][0]
     assert "ports" not in rule  # no port list: every port and protocol
     assert rule["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"

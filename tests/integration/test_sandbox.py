@@ -118,7 +118,8 @@ def test_network_changes_in_place(kube_apiserver, kube_namespace):
     assert "liteboxd.io/internet-access" not in narrowed_pod.metadata.labels
     policy = narrowed_policies["allow-domains-sbx-1"]
     assert policy["metadata"]["labels"]["liteboxd.io/policy-set"] == "domains"
-    assert policy["spec"]["endpointSelector"] == {"matchLabels": {"liteboxd.io/sandbox-id": "sbx-1"}}
+    assert policy["spec"]["endpointSelector"] == {"matchLabels": {"liteboxd.io/sandbox": "true",
+                                                                  "liteboxd.io/sandbox-id": "sbx-1"}}
     assert policy["spec"]["egress"] == [{
         "toFQDNs": [{"matchName": "pypi.org"}, {"matchPattern": "*.github.com"}],
         "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}, {"port": "443", "protocol": "TCP"}]}]}]
@@ -226,6 +227,7 @@ def test_wait_times_out_with_a_clear_message(kube_apiserver, kube_namespace):
     ({"ports": [65536]}, "ports[0]: 65536 is not a port number"),
     ({"resources": {"limit": {"cpu": "1"}}}, "resources: unknown field 'limit'"),
     ({"labels": {"liteboxd.io/internet-access": "true"}}, "labels: 'liteboxd.io/internet-access' is set by the"),
+    ({"profile": "liteboxd", "labels": {"sandbox-id": "other"}}, "labels: 'sandbox-id' is set by the"),
     ({"image": None}, "image: required with state=present"),
     ({"bogus": 1}, "Unsupported parameters"),
 ])
