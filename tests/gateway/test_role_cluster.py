@@ -56,6 +56,8 @@ def test_cluster_manifests_apply_idempotently_and_are_removed(tmp_path, kube_api
     assert env["LITEBOXD_GATEWAY_NAMESPACE"] == kube_namespace
     assert env["LITEBOXD_GATEWAY_DOMAIN"] == "sandbox.example.com"
     assert env["LITEBOXD_GATEWAY_MAX_CONCURRENT_PER_SANDBOX"] == "64"
+    assert env["LITEBOXD_GATEWAY_PROFILE"] == "default" and "LITEBOXD_GATEWAY_LABEL_SELECTOR" not in env
+    assert env["LITEBOXD_GATEWAY_ALLOW_PLAIN_HTTP"] == "True"  # behind its Service and the Ingress's TLS
     assert container.readiness_probe.http_get.path == "/readyz"
     assert deployment.spec.template.spec.service_account_name == "liteboxd-gateway"
     role = rbac.read_namespaced_role("liteboxd-gateway", kube_namespace)

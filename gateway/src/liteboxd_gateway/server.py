@@ -61,7 +61,7 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
     and the bound addresses as ``started.addresses`` and ``started.metrics_addresses``.
     """
     metrics = GatewayMetrics()
-    cache = SandboxCache()
+    cache = SandboxCache(config.sandbox_id_label)
     watcher = PodWatcher(connection, cache, config.namespace, config.label_selector, metrics,
                          config.watch_timeout, config.watch_backoff_initial, config.watch_backoff_max)
     gateway = Gateway(config, cache, metrics)
@@ -95,7 +95,8 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
         "event_loop": f"{type(loop).__module__}.{type(loop).__qualname__}", "access_log": config.access_log,
         "compiled": compiled_modules(), "tls": bool(config.tls_cert_file), "addresses": [
             list(address) for address in addresses], "metrics": [list(a) for a in metrics_runner.addresses],
-        "namespace": config.namespace, "label_selector": config.label_selector, "domain": config.domain,
+        "namespace": config.namespace, "profile": config.profile, "label_selector": config.label_selector,
+        "path_prefix": config.path_prefix, "sandbox_id_label": config.sandbox_id_label, "domain": config.domain,
         "allowed_ports": str(config.allowed_ports)}})
     if started is not None:
         started.gateway, started.watcher = gateway, watcher
