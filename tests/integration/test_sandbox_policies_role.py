@@ -5,8 +5,10 @@ from tests.integration.test_module_defaults_role import cluster_state, run_role
 
 
 def failed_message(result):
-    return next(host["localhost"]["msg"] for play in result["plays"] for task in play["tasks"]
-                for host in [task["hosts"]] if host["localhost"].get("failed"))
+    """The message of the task that failed (of its failed item, for a loop)."""
+    failed = next(task["hosts"]["localhost"] for play in result["plays"] for task in play["tasks"]
+                  if task["hosts"]["localhost"].get("failed"))
+    return next((item["msg"] for item in failed.get("results", []) if item.get("failed")), failed["msg"])
 
 
 @pytest.mark.parametrize("variables, message", [
