@@ -131,8 +131,8 @@ def test_the_policies_and_the_egress_policy_select_liteboxds_own_pods(kube_apise
     assert selected(core, cegp["spec"]["selectors"][0]["podSelector"]) == sandboxes
     assert label_selector(cegp["spec"]["selectors"][0]["podSelector"])[1] == ns
     # The module's Pod is LiteBoxd's shape; its domain policy selects it by LiteBoxd's id label.
-    assert {k: module_pod.metadata.labels[k] for k in ("app", "sandbox-id")} == {"app": "liteboxd",
-                                                                              "sandbox-id": "m1n2o3"}
+    labels = module_pod.metadata.labels
+    assert (labels["app"], labels["sandbox-id"]) == ("liteboxd", "m1n2o3")
     assert "liteboxd.io/internet-access" not in module_pod.metadata.labels  # domains only
     assert selected(core, cnps["allow-domains-m1n2o3"]["spec"]["endpointSelector"], ns) == {f"{ns}/sandbox-m1n2o3"}
     assert made["access_url"] == "https://gw.example.com/api/v1/sandbox/m1n2o3/port/8000/"

@@ -63,8 +63,8 @@ def test_policy_selectors_select_the_intended_pods(kube_apiserver, kube_namespac
         base = dict(auth(kube_apiserver), namespace=ns, wait=False, image="example.invalid/sandbox:1", ports=[8000])
         run_module("sandbox", dict(base, name="sbx-open", network={"allow_internet_access": True}))
         run_module("sandbox", dict(base, name="sbx-closed"))
-        run_module("sandbox", dict(base, name="sbx-domains", network={"allow_internet_access": True,
-                                                                       "allowed_domains": ["pypi.org"]}))
+        domains_only = {"allow_internet_access": True, "allowed_domains": ["pypi.org"]}
+        run_module("sandbox", dict(base, name="sbx-domains", network=domains_only))
         for namespace, name, labels in ((ns, "gateway", {"app": "liteboxd-gateway"}),
                                         (ns, "coredns", {"k8s-app": "kube-dns"}),
                                         (other, "stray", {"liteboxd.io/internet-access": "true"})):

@@ -1,6 +1,5 @@
 """Every example and task that creates a sandbox registers its result under no_log: the result holds
 the access token (module EXAMPLES, the guides' YAML blocks, the roles' tasks)."""
-import pathlib
 import re
 
 import pytest
