@@ -149,10 +149,11 @@ def check_cidrs(values, option, version=None):
 def check_excluded_cidrs(values, destinations, option):
     """Excluded CIDRs that each overlap a destination: Cilium ignores one outside them all."""
     excluded = check_cidrs(values, option)
-    networks = [ipaddress.ip_network(cidr) for cidr in destinations]
+    networks = [netaddr.IPNetwork(cidr) for cidr in destinations]
     for index, cidr in enumerate(excluded):
-        network = ipaddress.ip_network(cidr)
-        if not any(network.version == other.version and network.overlaps(other) for other in networks):
+        network = netaddr.IPNetwork(cidr)
+        if not any(network.version == other.version and network.first <= other.last and other.first <= network.last
+                   for other in networks):
             raise ManifestError("%s[%d]: %s lies outside every destination_cidrs entry (%s), so Cilium ignores it; "
                                 "remove it or widen destination_cidrs" % (option, index, cidr, ", ".join(destinations)))
     return excluded
