@@ -108,7 +108,7 @@ def test_host_mode_without_a_wheelhouse_stops_before_any_change(tmp_path):
     # Host mode on this machine, with a wheelhouse that was never built: refused at validation,
     # before the first task that changes anything, naming the variable and the build command.
     variables = {"gateway_wheelhouse": str(tmp_path / "not-built"), "gateway_install_dir": str(tmp_path / "opt"),
-                 "gateway_config_dir": str(tmp_path / "etc")}
+                 "gateway_config_dir": str(tmp_path / "etc"), "gateway_listen_host": "127.0.0.1"}
     output = refused(tmp_path, variables)
     assert f"gateway_wheelhouse ({tmp_path / 'not-built'}) holds no gateway wheelhouse" in output
     assert "scripts/build-gateway.sh" in output
