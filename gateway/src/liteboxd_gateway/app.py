@@ -66,12 +66,13 @@ class Rejected(Exception):
 
 
 class Admitted:
-    """A request that may go to its sandbox: where to, and what is left of its token carriers."""
+    """A request that may go to its sandbox: where to (the Pod's name and address), and what is
+    left of its token carriers."""
 
-    __slots__ = ("route", "pod_ip", "target", "cookies")
+    __slots__ = ("route", "pod_name", "pod_ip", "target", "cookies")
 
-    def __init__(self, route, pod_ip, target, cookies):
-        self.route, self.pod_ip, self.target, self.cookies = route, pod_ip, target, cookies
+    def __init__(self, route, pod_name, pod_ip, target, cookies):
+        self.route, self.pod_name, self.pod_ip, self.target, self.cookies = route, pod_name, pod_ip, target, cookies
 
 
 def error_body(message: str) -> bytes:
@@ -144,7 +145,7 @@ class Gateway:
         """Route, look up, authenticate and limit. Returns Admitted (holding a connection slot
         the caller releases), None for the gateway's own paths, or raises Rejected."""
         try:
-            route = resolve(raw_path, headers, self.config.domain)
+            route = resolve(raw_path, headers, self.config.domain, self.config.path_prefix)
         except RouteError as exc:
             exchange.form = "invalid"
             raise self._reject(exchange, 400, "bad_route", str(exc)) from None
@@ -184,7 +185,7 @@ class Gateway:
             raise self._reject(exchange, 429, "rate_limited", "too many requests")
         if not self.limits.acquire(route.sandbox_id):
             raise self._reject(exchange, 429, "too_many_connections", "too many open connections")
-        return Admitted(route, sandbox.pod_ip, target, cookies)
+        return Admitted(route, sandbox.name, sandbox.pod_ip, target, cookies)
 
     def _own_endpoint(self, method, raw_path, exchange):
         """The gateway's own paths: (status, text) or Rejected."""
@@ -339,8 +340,7 @@ class Gateway:
         # http1.ClientConnection handed the connection over with a wsrelay.ClientSide as its Protocol.
         client_side = request.transport.get_protocol()
         try:
-            # The cache is keyed by Pod name: the sandbox id is the Pod's name.
-            upstream = await connect_upstream(self.websocket_upstream, admitted.route.sandbox_id, admitted.pod_ip,
+            upstream = await connect_upstream(self.websocket_upstream, admitted.pod_name, admitted.pod_ip,
                                               admitted.route.port, admitted.target, fields, exchange.request_id,
                                               client_protocols(request.headers), self.config, self.metrics)
         except UpstreamError as exc:
