@@ -1,7 +1,7 @@
 """Builds the hot modules as C extensions with Cython, when it can; the package works without them.
 
-The modules every proxied request runs through (app, http1, proxy, writes) stay the one
-implementation. Their ``.pxd`` files declare the classes' attributes and methods with C types,
+The modules every proxied request runs through (app, http1, proxy, writes) and the WebSocket
+relay's (wsrelay) stay the one implementation. Their ``.pxd`` files declare the classes' attributes and methods with C types,
 so Cython compiles the same code into typed classes: attribute reads and calls between them
 skip the interpreter, which saves about a tenth of the gateway's CPU per request
 (gateway/README.md). Where there is no C compiler or no Python headers, or with
@@ -13,7 +13,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED_MODULES = ("writes", "http1", "proxy", "app")
+COMPILED_MODULES = ("writes", "wsrelay", "http1", "proxy", "app")
 
 
 class OptionalBuildExt(build_ext):

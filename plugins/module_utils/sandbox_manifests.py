@@ -10,7 +10,8 @@ exactly one definition. Nothing here talks to a cluster. Kubernetes NetworkPolic
 it can say the rule; Cilium policies where it cannot (entities, the DNS proxy rule, FQDNs,
 deny rules). Input is checked here as well as by the API server, because an older server
 (e.g. v1.20) silently drops what its schema does not know (CEL rules, ``endPort``).
-Names, labels and annotations are the ones LiteBoxd uses, so existing installs keep working.
+Which Pods are sandboxes, and how they are named, is a ``Profile``: this collection's own names
+(``default``) or the Pods LiteBoxd's server creates (``liteboxd``).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -57,11 +58,50 @@ INTERNET_POLICY_NAME = "allow-internet-egress"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _HOST_LABEL = re.compile(r"^[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?$")
-RESERVED_LABELS = (MANAGED_BY_LABEL, SANDBOX_LABEL, SANDBOX_ID_LABEL, INTERNET_LABEL)
 
 
 class ManifestError(ValueError):
     """Input that cannot become a valid object; the message names the option."""
+
+
+class Profile(object):
+    """Which Pods are sandboxes, how they are named and labelled, where the gateway routes them, and
+    what the collection's base and internet policy objects are called beside them."""
+
+    def __init__(self, name, sandbox_labels, id_label, pod_name_prefix, policy_name_prefix, gateway_path_prefix):
+        self.name = name
+        self.sandbox_labels = sandbox_labels      # every sandbox Pod carries them
+        self.id_label = id_label                  # its value is the sandbox id
+        self.pod_name_prefix = pod_name_prefix    # Pod name = prefix + sandbox id
+        self.policy_name_prefix = policy_name_prefix
+        self.gateway_path_prefix = gateway_path_prefix
+        self.reserved_labels = tuple(sandbox_labels) + (id_label, MANAGED_BY_LABEL, INTERNET_LABEL)
+
+    def pod_name(self, sandbox_id):
+        return self.pod_name_prefix + sandbox_id
+
+    def policy_name(self, name):
+        return self.policy_name_prefix + name
+
+    def selector(self, extra=None):
+        """A label selector for the sandbox Pods, narrowed by ``extra`` labels."""
+        labels = dict(self.sandbox_labels)
+        labels.update(extra or {})
+        return {"matchLabels": labels}
+
+
+# default: this collection's names. liteboxd: the Pods LiteBoxd's server creates (fslongjin/liteboxd,
+# backend/internal/k8s/client.go: Pod "sandbox-<id>", labels app=liteboxd and sandbox-id=<id>; its
+# gateway route /api/v1/sandbox/:sandbox/port/:port/*). At start-up that server writes NetworkPolicies
+# named default-deny-all, allow-dns, deny-k8s-api, allow-gateway-ingress and allow-internet-egress
+# into the sandbox namespace, so this collection's objects carry a prefix there instead of fighting
+# over those names.
+PROFILES = {
+    "default": Profile("default", {SANDBOX_LABEL: "true"}, SANDBOX_ID_LABEL, "", "", "/sandbox/"),
+    "liteboxd": Profile("liteboxd", {"app": "liteboxd"}, "sandbox-id", "sandbox-", "sandbox-network-",
+                        "/api/v1/sandbox/"),
+}
+DEFAULT_PROFILE = PROFILES["default"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,6 +144,19 @@ def check_cidr(value, option, version=None):
 
 def check_cidrs(values, option, version=None):
     return [check_cidr(value, "%s[%d]" % (option, index), version) for index, value in enumerate(values)]
+
+
+def check_excluded_cidrs(values, destinations, option):
+    """Excluded CIDRs that each overlap a destination: Cilium ignores one outside them all."""
+    excluded = check_cidrs(values, option)
+    networks = [netaddr.IPNetwork(cidr) for cidr in destinations]
+    for index, cidr in enumerate(excluded):
+        network = netaddr.IPNetwork(cidr)
+        if not any(network.version == other.version and network.first <= other.last and other.first <= network.last
+                   for other in networks):
+            raise ManifestError("%s[%d]: %s lies outside every destination_cidrs entry (%s), so Cilium ignores it; "
+                                "remove it or widen destination_cidrs" % (option, index, cidr, ", ".join(destinations)))
+    return excluded
 
 
 def check_ipv4(value, option):
@@ -209,10 +262,6 @@ def _cilium_policy(name, namespace, labels, description, spec):
             "metadata": _metadata(name, namespace, labels, description), "spec": spec}
 
 
-def _sandbox_selector():
-    return {"matchLabels": {SANDBOX_LABEL: "true"}}
-
-
 def _cilium_namespaced(labels, namespace):
     """A Cilium endpoint selector for pods with ``labels`` in ``namespace``."""
     selector = dict(("k8s:%s" % key, value) for key, value in labels.items())
@@ -226,54 +275,67 @@ def _cilium_namespaced(labels, namespace):
 
 def base_policies(namespace=DEFAULT_NAMESPACE, gateway_sources=GATEWAY_SOURCES,
                   gateway_namespace=DEFAULT_GATEWAY_NAMESPACE, gateway_pod_labels=None, gateway_ports=(),
-                  dns_namespace=DEFAULT_DNS_NAMESPACE, dns_pod_labels=None, private_cidrs=PRIVATE_CIDRS):
+                  dns_namespace=DEFAULT_DNS_NAMESPACE, dns_pod_labels=None, private_cidrs=PRIVATE_CIDRS,
+                  gateway_source_cidrs=(), profile=DEFAULT_PROFILE):
     """The base set: default deny in and out, DNS to kube-dns only (through Cilium's DNS proxy,
     so FQDN policies learn names), no K8s API / nodes / metadata / private ranges, and ingress
-    only from the gateway (in-cluster pods and/or hosts) on ``gateway_ports`` (empty: any port)."""
+    only from the gateway (in-cluster pods, the cluster's nodes and/or hosts outside the cluster
+    by address) on ``gateway_ports`` (empty: any port)."""
     gateway_pod_labels = DEFAULT_GATEWAY_POD_LABELS if gateway_pod_labels is None else gateway_pod_labels
     dns_pod_labels = DEFAULT_DNS_POD_LABELS if dns_pod_labels is None else dns_pod_labels
     policies = [
-        _network_policy("default-deny-all", namespace, "base",
+        _network_policy(profile.policy_name("default-deny-all"), namespace, "base",
                         "Deny all ingress and egress of every pod in the namespace unless another policy allows it.",
                         {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-        _cilium_policy("allow-dns", namespace, owned_labels("base"),
+        _cilium_policy(profile.policy_name("allow-dns"), namespace, owned_labels("base"),
                        "Sandboxes may resolve names through kube-dns only; every query passes Cilium's DNS proxy "
                        "so toFQDNs policies learn the addresses.",
-                       {"endpointSelector": _sandbox_selector(),
+                       {"endpointSelector": profile.selector(),
                         "egress": [{"toEndpoints": [_cilium_namespaced(dns_pod_labels, dns_namespace)],
                                     "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"},
                                                            {"port": "53", "protocol": "TCP"}],
                                                  "rules": {"dns": [{"matchPattern": "*"}]}}]}]}),
-        _cilium_policy("deny-k8s-api", namespace, owned_labels("base"),
+        _cilium_policy(profile.policy_name("deny-k8s-api"), namespace, owned_labels("base"),
                        "Sandboxes never reach the Kubernetes API, the nodes, link-local/cloud metadata or private "
                        "ranges; deny rules win over every allow rule.",
-                       {"endpointSelector": _sandbox_selector(),
+                       {"endpointSelector": profile.selector(),
                         "egressDeny": [{"toEntities": ["kube-apiserver", "host", "remote-node"]}]
                         + ([{"toCIDRSet": [{"cidr": cidr} for cidr in private_cidrs]}] if private_cidrs else [])}),
     ]
     ports = [{"port": port, "protocol": "TCP"} for port in gateway_ports]
+    cilium_ports = [{"ports": [{"port": text_type(p["port"]), "protocol": "TCP"} for p in ports]}] if ports else None
     if "cluster" in gateway_sources:
         rule = {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": gateway_namespace}},
                           "podSelector": {"matchLabels": dict(gateway_pod_labels)}}]}
         if ports:
             rule["ports"] = ports
         policies.append(_network_policy(
-            "allow-gateway-ingress", namespace, "base",
+            profile.policy_name("allow-gateway-ingress"), namespace, "base",
             "Sandboxes accept connections only from the LiteBoxd gateway pods.",
-            {"podSelector": _sandbox_selector(), "policyTypes": ["Ingress"], "ingress": [rule]}))
+            {"podSelector": profile.selector(), "policyTypes": ["Ingress"], "ingress": [rule]}))
     if "host" in gateway_sources:
         rule = {"fromEntities": ["host", "remote-node"]}
-        if ports:
-            rule["toPorts"] = [{"ports": [{"port": text_type(p["port"]), "protocol": "TCP"} for p in ports]}]
+        if cilium_ports:
+            rule["toPorts"] = cilium_ports
         policies.append(_cilium_policy(
-            "allow-gateway-ingress-from-hosts", namespace, owned_labels("base"),
+            profile.policy_name("allow-gateway-ingress-from-hosts"), namespace, owned_labels("base"),
             "Sandboxes accept connections from the cluster's nodes, where the LiteBoxd gateway runs as a host "
-            "service.", {"endpointSelector": _sandbox_selector(), "ingress": [rule]}))
+            "service.", {"endpointSelector": profile.selector(), "ingress": [rule]}))
+    if gateway_source_cidrs:
+        # A gateway host outside the cluster is neither Cilium's host nor remote-node entity; CIDR
+        # rules are what match "a network endpoint outside the cluster" (Cilium's policy language).
+        rule = {"fromCIDRSet": [{"cidr": cidr} for cidr in gateway_source_cidrs]}
+        if cilium_ports:
+            rule["toPorts"] = cilium_ports
+        policies.append(_cilium_policy(
+            profile.policy_name("allow-gateway-ingress-from-cidrs"), namespace, owned_labels("base"),
+            "Sandboxes accept connections from the LiteBoxd gateway hosts outside the cluster, by address.",
+            {"endpointSelector": profile.selector(), "ingress": [rule]}))
     return policies
 
 
-def internet_policies(namespace=DEFAULT_NAMESPACE, private_cidrs=PRIVATE_CIDRS):
-    """The internet set: pods labelled ``liteboxd.io/internet-access=true`` reach any public IPv4
+def internet_policies(namespace=DEFAULT_NAMESPACE, private_cidrs=PRIVATE_CIDRS, profile=DEFAULT_PROFILE):
+    """The internet set: sandboxes labelled ``liteboxd.io/internet-access=true`` reach any public IPv4
     address on every port and protocol (a NetworkPolicy rule without ports), private ranges
     excepted."""
     block = {"cidr": "0.0.0.0/0"}
@@ -281,9 +343,9 @@ def internet_policies(namespace=DEFAULT_NAMESPACE, private_cidrs=PRIVATE_CIDRS):
     if excepted:
         block["except"] = excepted
     return [_network_policy(
-        INTERNET_POLICY_NAME, namespace, "internet",
+        profile.policy_name(INTERNET_POLICY_NAME), namespace, "internet",
         "Sandboxes labelled liteboxd.io/internet-access=true reach any public address, any port and protocol.",
-        {"podSelector": {"matchLabels": {INTERNET_LABEL: "true"}}, "policyTypes": ["Egress"],
+        {"podSelector": profile.selector({INTERNET_LABEL: "true"}), "policyTypes": ["Egress"],
          "egress": [{"to": [{"ipBlock": block}]}]})]
 
 
@@ -291,7 +353,7 @@ def domain_policy_name(sandbox):
     return "allow-domains-%s" % sandbox
 
 
-def domain_policy(sandbox, namespace, domains):
+def domain_policy(sandbox, namespace, domains, profile=DEFAULT_PROFILE):
     """The per-sandbox allow-list: ``toFQDNs`` on TCP 80/443 for the sandbox's Pod only."""
     selectors = [domain_selector(domain, "network.allowed_domains[%d]" % index) for index, domain in enumerate(domains)]
     unique = []
@@ -301,27 +363,33 @@ def domain_policy(sandbox, namespace, domains):
     return _cilium_policy(
         domain_policy_name(sandbox), namespace, owned_labels("domains", {SANDBOX_ID_LABEL: sandbox}),
         "Sandbox %s may reach its allowed domains on ports 80 and 443." % sandbox,
-        {"endpointSelector": {"matchLabels": {SANDBOX_ID_LABEL: sandbox}},
+        {"endpointSelector": profile.selector({profile.id_label: sandbox}),
          "egress": [{"toFQDNs": unique,
                      "toPorts": [{"ports": [{"port": text_type(p), "protocol": "TCP"} for p in DOMAIN_POLICY_PORTS]}]}]})
 
 
 def egress_gateway_policy(egress_gateways, name=EGRESS_GATEWAY_POLICY_NAME, namespace=DEFAULT_NAMESPACE,
-                          destination_cidrs=("0.0.0.0/0",), excluded_cidrs=PRIVATE_CIDRS):
-    """The cluster-scoped CiliumEgressGatewayPolicy for internet-enabled sandboxes.
+                          destination_cidrs=("0.0.0.0/0",), excluded_cidrs=PRIVATE_CIDRS, profile=DEFAULT_PROFILE):
+    """The cluster-scoped CiliumEgressGatewayPolicy for the sandboxes of ``namespace``.
 
-    ``egress_gateways``: ``[{node_selector, egress_ip, interface}]``. One entry fills
+    It selects every sandbox, not only the internet-labelled ones: the network policies decide what
+    may leave (the internet, or a sandbox's allowed domains), and all of it leaves through the egress
+    node; a sandbox without internet access sends nothing it would apply to.
+
+    ``egress_gateways``: ``[{node_selector, egress_ip or interface}]``. One entry fills
     ``egressGateway``; several fill ``egressGateways`` (Cilium's multi-gateway form, which makes
     Cilium ignore ``egressGateway``; it is still set to the first entry because the schema requires it).
     """
     def gateway(entry):
-        out = {"nodeSelector": {"matchLabels": dict(entry["node_selector"])}, "egressIP": entry["egress_ip"]}
+        # egressIP or interface, never both: Cilium ignores a policy whose gateway sets both.
+        out = {"nodeSelector": {"matchLabels": dict(entry["node_selector"])}}
         if entry.get("interface"):
             out["interface"] = entry["interface"]
+        else:
+            out["egressIP"] = entry["egress_ip"]
         return out
 
-    spec = {"selectors": [{"podSelector": {"matchLabels": {INTERNET_LABEL: "true",
-                                                           "io.kubernetes.pod.namespace": namespace}}}],
+    spec = {"selectors": [{"podSelector": profile.selector({"io.kubernetes.pod.namespace": namespace})}],
             "destinationCIDRs": list(destination_cidrs),
             "egressGateway": gateway(egress_gateways[0])}
     if excluded_cidrs:
@@ -330,7 +398,8 @@ def egress_gateway_policy(egress_gateways, name=EGRESS_GATEWAY_POLICY_NAME, name
         spec["egressGateways"] = [gateway(entry) for entry in egress_gateways]
     return {"apiVersion": "cilium.io/v2", "kind": "CiliumEgressGatewayPolicy",
             "metadata": _metadata(name, None, owned_labels("egress-gateway"),
-                                  "Internet-enabled LiteBoxd sandboxes leave the cluster through the egress node(s)."),
+                                  "What LiteBoxd sandboxes may send out leaves the cluster through the egress "
+                                  "node(s)."),
             "spec": spec}
 
 
@@ -338,10 +407,11 @@ def egress_gateway_policy(egress_gateways, name=EGRESS_GATEWAY_POLICY_NAME, name
 # Sandbox Pod
 # ---------------------------------------------------------------------------------------------
 
-def sandbox_labels(name, allow_internet, extra=None):
+def sandbox_labels(name, allow_internet, extra=None, profile=DEFAULT_PROFILE):
     """Labels of a sandbox Pod; ``None`` marks the internet label as "must be absent"."""
     labels = dict(extra or {})
-    labels.update({SANDBOX_LABEL: "true", SANDBOX_ID_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY,
+    labels.update(profile.sandbox_labels)
+    labels.update({profile.id_label: name, MANAGED_BY_LABEL: MANAGED_BY,
                    INTERNET_LABEL: "true" if allow_internet else None})
     return labels
 
@@ -384,11 +454,11 @@ def sandbox_pod(name, namespace, spec, labels, annotations):
             "spec": spec}
 
 
-def access_url(gateway_url, name, ports):
-    """``<gateway_url>/sandbox/<name>/port/<first port>/`` (LiteBoxd's path form), None without ports."""
+def access_url(gateway_url, name, ports, profile=DEFAULT_PROFILE):
+    """``<gateway_url><path prefix><name>/port/<first port>/``, None without ports."""
     if not ports:
         return None
-    return "%s/sandbox/%s/port/%d/" % ((gateway_url or "").rstrip("/"), name, ports[0])
+    return "%s%s%s/port/%d/" % ((gateway_url or "").rstrip("/"), profile.gateway_path_prefix, name, ports[0])
 
 
 def pod_ready(pod):

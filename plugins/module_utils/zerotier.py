@@ -27,6 +27,7 @@ import socket
 import time
 
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
+from ansible.module_utils.six.moves.urllib.parse import urlparse
 from ansible.module_utils.urls import open_url
 
 try:
@@ -111,7 +112,11 @@ def read_token_file(path):
 
 
 def _api_message(body):
-    """The most useful text in an error body: a JSON ``message``/``error`` field or the raw text."""
+    """The useful text in an error body (a JSON ``message``/``error`` field or the raw text), or None.
+
+    zerotier-one answers 401 with ``{}`` and most 404s with no body at all: neither says anything,
+    so neither is shown.
+    """
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
     try:
         data = json.loads(text)
@@ -124,8 +129,34 @@ def _api_message(body):
                 value = value.get("message") or json.dumps(value, sort_keys=True)
             if value:
                 return str(value)
+        if not data:
+            return None
     text = text.strip()
-    return text[:500] if text else "(empty body)"
+    return text[:500] if text else None
+
+
+def _with_message(text, message):
+    """``text: message`` when the API said something, else ``text``."""
+    return "%s: %s" % (text, message) if message else text
+
+
+def cleartext_remote(url):
+    """Whether ``url`` is plain HTTP to something other than this host's loopback.
+
+    The token of every ZeroTier API travels in a header: over such a URL it crosses the network in clear.
+    """
+    parts = urlparse(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    if netaddr is None:  # a warning only: without netaddr, the usual spellings of loopback
+        return not (host.startswith("127.") or host == "::1")
+    try:
+        return not netaddr.IPAddress(host, flags=netaddr.INET_PTON).is_loopback()
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return True
 
 
 def _retry_after_seconds(value):
@@ -189,17 +220,18 @@ class ApiClient(object):
                         waited += delay
                         continue
                     raise ZeroTierError(
-                        "%s rate limit (HTTP 429) on %s %s: %s (asked to retry after %ss; already waited %ss of "
-                        "rate_limit_wait=%ss)" % (self.api_name, method, path, message, delay, waited, self.rate_limit_wait),
-                        status=429)
+                        "%s (asked to retry after %ss; already waited %ss of rate_limit_wait=%ss)"
+                        % (_with_message("%s rate limit (HTTP 429) on %s %s" % (self.api_name, method, path), message),
+                           delay, waited, self.rate_limit_wait), status=429)
                 if exc.code in (401, 403):
                     raise ZeroTierError(
-                        "%s rejected the credentials (HTTP %d) on %s %s: %s. Check the %s option."
-                        % (self.api_name, exc.code, method, path, message, self.token_option), status=exc.code)
+                        "%s. Check the %s option." % (_with_message(
+                            "%s rejected the credentials (HTTP %d) on %s %s" % (self.api_name, exc.code, method, path),
+                            message), self.token_option), status=exc.code)
                 if exc.code == 404 and missing_ok:
                     return None
-                raise ZeroTierError("%s answered HTTP %d to %s %s: %s"
-                                    % (self.api_name, exc.code, method, path, message), status=exc.code)
+                raise ZeroTierError(_with_message("%s answered HTTP %d to %s %s" % (self.api_name, exc.code, method, path),
+                                                  message), status=exc.code)
             except (URLError, socket.error, ConnectionError) as exc:
                 reason = getattr(exc, "reason", exc)
                 raise ZeroTierError("cannot reach the %s at %s: %s" % (self.api_name, self.base_url, reason))
@@ -208,8 +240,8 @@ class ApiClient(object):
             try:
                 return json.loads(raw.decode("utf-8"))
             except ValueError:
-                raise ZeroTierError("%s sent a non-JSON answer to %s %s: %s"
-                                    % (self.api_name, method, path, _api_message(raw)))
+                raise ZeroTierError(_with_message("%s sent a non-JSON answer to %s %s" % (self.api_name, method, path),
+                                                  _api_message(raw)))
 
 
 class ServiceClient(ApiClient):
@@ -239,6 +271,9 @@ class MemberSettings(object):
     """The member fields the collection manages, the same for both controller APIs."""
 
     FIELDS = ("authorized", "name", "ip_assignments")
+    # What a controller makes itself for a node that asks for the network: unauthorized, no name,
+    # no addresses (zerotier-one 1.14.1 re-creates it within seconds of a delete while the node is joined).
+    CONTROLLER_MADE = {"authorized": False, "name": "", "ip_assignments": []}
 
     @staticmethod
     def normalise(authorized, name, ip_assignments):
@@ -250,7 +285,11 @@ class MemberSettings(object):
 
 
 class ControllerMembers(ApiClient):
-    """Members on a self-hosted controller: a flat object at /controller/network/<nwid>/member/<node>."""
+    """Members on a self-hosted controller: a flat object at /controller/network/<nwid>/member/<node>.
+
+    zerotier-one answers 404 with an empty body both for a member it never saw and for any member of
+    a network it does not know; ``network`` tells the two apart.
+    """
 
     api_name = "ZeroTier controller API"
 
@@ -264,6 +303,16 @@ class ControllerMembers(ApiClient):
     @staticmethod
     def settings(member):
         return MemberSettings.normalise(member.get("authorized"), member.get("name"), member.get("ipAssignments"))
+
+    def network(self, network_id):
+        return self.request("GET", "/controller/network/%s" % network_id, missing_ok=True)
+
+    def unknown_network_message(self, network_id):
+        address = self.request("GET", "/status").get("address", "")
+        where = "network %s does not exist on the %s at %s" % (network_id, self.api_name, self.base_url)
+        if address and address != network_id[:10]:
+            where += " (the id names controller %s, this controller is %s)" % (network_id[:10], address)
+        return where + ": check network_id, or create the network on that controller"
 
     def get(self, network_id, node_id):
         return self.request("GET", self._path(network_id, node_id), missing_ok=True)
@@ -299,6 +348,13 @@ class CentralMembers(ApiClient):
         config = member.get("config") or {}
         return MemberSettings.normalise(config.get("authorized"), member.get("name"), config.get("ipAssignments"))
 
+    def network(self, network_id):
+        return self.request("GET", "/network/%s" % network_id, missing_ok=True)
+
+    def unknown_network_message(self, network_id):
+        return ("network %s does not exist on the %s at %s (or this token cannot see it): check network_id and "
+                "api_token" % (network_id, self.api_name, self.base_url))
+
     def get(self, network_id, node_id):
         return self.request("GET", self._path(network_id, node_id), missing_ok=True)
 
@@ -330,3 +386,11 @@ MEMBER_APIS = {"controller": (ControllerMembers, DEFAULT_SERVICE_URL),
 def member_client(api, token, base_url=None, **kwargs):
     cls, default_url = MEMBER_APIS[api]
     return cls(token, base_url=base_url or default_url, **kwargs)
+
+
+def token_from(params, default_file=None):
+    """(token, option to name in errors) from ``api_token`` or the file ``api_token_file`` (read here)."""
+    if params.get("api_token"):
+        return params["api_token"], "api_token"
+    path = params.get("api_token_file") or default_file
+    return read_token_file(path), "api_token_file (%s)" % path

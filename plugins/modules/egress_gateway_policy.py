@@ -9,13 +9,20 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: egress_gateway_policy
-short_description: Cilium egress gateway policy that sends internet-enabled sandboxes out through the egress node
+short_description: Cilium egress gateway policy that sends sandbox egress out through the egress node
 version_added: 0.1.0
 description:
   - Ensures the cluster-scoped C(CiliumEgressGatewayPolicy) (default name C(liteboxd-sandbox-egress-via-node)).
-    It selects the pods labelled C(liteboxd.io/internet-access=true) in the sandbox namespace and sends their
+    It selects every sandbox Pod (C(liteboxd.io/sandbox=true), or C(app=liteboxd) with O(profile=liteboxd)) in
+    the sandbox namespace and sends their
     traffic to O(destination_cidrs) (minus O(excluded_cidrs)) through the egress node, SNATed to O(egress_ip).
+    The network policies decide what may leave, the internet or a sandbox's allowed domains; all of it
+    leaves through the egress node. A sandbox without internet access sends nothing the policy applies to.
     O(egress_ip) is the egress node's ZeroTier address, which the node's policy routing sends through the tunnel.
+  - Cilium takes the SNAT address either from O(egress_ip) or from the first IPv4 address of O(interface).
+    Cilium ignores a policy whose gateway names both, so its sandboxes would leave from their own node. The
+    module refuses both together, and an O(excluded_cidrs) entry outside every O(destination_cidrs) entry,
+    which Cilium would ignore too, before any request.
   - Several O(egress_gateways) fill Cilium's C(egressGateways) list, the multi-gateway form of the policy.
     A Cilium whose CRD lacks that field would silently drop it, so the module then fails and says so.
     It never reports a policy the cluster would not enforce as written.
@@ -50,17 +57,29 @@ options:
     description: Namespace of the sandbox pods the policy selects.
     type: str
     default: liteboxd-sandbox
+  profile:
+    description:
+      - Which Pods are sandboxes. V(default) selects C(liteboxd.io/sandbox=true), the Pods of
+        M(liteboxd.sandbox_network.sandbox).
+      - V(liteboxd) selects C(app=liteboxd), the Pods LiteBoxd's server creates (C(sandbox-<id>), labelled
+        C(app=liteboxd) and C(sandbox-id=<id>)).
+    type: str
+    choices: [default, liteboxd]
+    default: default
   egress_ip:
     description:
       - IPv4 address the sandbox traffic is SNATed to on the egress node (the node's ZeroTier address).
-      - Required with O(state=present) unless O(egress_gateways) is given.
+      - With O(state=present) one of O(egress_ip) and O(interface) is required unless O(egress_gateways) is given.
+        They are mutually exclusive.
     type: str
   node_selector:
     description: Labels that pick the egress node for O(egress_ip).
     type: dict
     default: {liteboxd.io/role: egress}
   interface:
-    description: Interface on the egress node whose address is used, as an alternative hint to Cilium.
+    description:
+      - Interface on the egress node whose first IPv4 address Cilium uses instead of O(egress_ip)
+        (the ZeroTier device). Mutually exclusive with O(egress_ip) and O(egress_gateways).
     type: str
   egress_gateways:
     description:
@@ -70,15 +89,14 @@ options:
     elements: dict
     suboptions:
       egress_ip:
-        description: IPv4 SNAT address on that node.
+        description: IPv4 SNAT address on that node. Give it or O(egress_gateways[].interface), not both.
         type: str
-        required: true
       node_selector:
         description: Labels that pick the node.
         type: dict
         required: true
       interface:
-        description: Interface on the node.
+        description: Interface on the node whose first IPv4 address is the SNAT address, instead of O(egress_gateways[].egress_ip).
         type: str
   destination_cidrs:
     description: Destinations sent through the egress gateway.
@@ -86,14 +104,16 @@ options:
     elements: str
     default: [0.0.0.0/0]
   excluded_cidrs:
-    description: Destinations left out (cluster and private networks stay direct).
+    description:
+      - Destinations left out (cluster and private networks stay direct).
+      - Each must overlap an entry of O(destination_cidrs); Cilium ignores one that does not.
     type: list
     elements: str
     default: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16]
 """
 
 EXAMPLES = r"""
-- name: Internet-enabled sandboxes leave through the egress node's ZeroTier address
+- name: What sandboxes may send out leaves through the egress node's ZeroTier address
   liteboxd.sandbox_network.egress_gateway_policy:
     kubeconfig: /etc/liteboxd/kubeconfig
     egress_ip: 10.147.17.5
@@ -103,6 +123,10 @@ EXAMPLES = r"""
     egress_gateways:
       - {node_selector: {kubernetes.io/hostname: egress-a}, egress_ip: 10.147.17.5}
       - {node_selector: {kubernetes.io/hostname: egress-b}, egress_ip: 10.147.17.6}
+
+- name: The SNAT address is the first IPv4 address of the ZeroTier device (instead of egress_ip)
+  liteboxd.sandbox_network.egress_gateway_policy:
+    interface: ztabcdef12
 
 - name: Rollback, sandboxes leave through their own node again
   liteboxd.sandbox_network.egress_gateway_policy:
@@ -120,7 +144,7 @@ policy:
     metadata: {name: liteboxd-sandbox-egress-via-node}
     spec:
       selectors:
-        - podSelector: {matchLabels: {liteboxd.io/internet-access: "true", io.kubernetes.pod.namespace: liteboxd-sandbox}}
+        - podSelector: {matchLabels: {liteboxd.io/sandbox: "true", io.kubernetes.pod.namespace: liteboxd-sandbox}}
       destinationCIDRs: [0.0.0.0/0]
       excludedCIDRs: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16]
       egressGateway: {nodeSelector: {matchLabels: {liteboxd.io/role: egress}}, egressIP: 10.147.17.5}
@@ -142,11 +166,12 @@ def argument_spec():
         state=dict(type="str", choices=["present", "absent"], default="present"),
         name=dict(type="str", default=manifests.EGRESS_GATEWAY_POLICY_NAME),
         sandbox_namespace=dict(type="str", default=manifests.DEFAULT_NAMESPACE),
+        profile=dict(type="str", choices=sorted(manifests.PROFILES), default="default"),
         egress_ip=dict(type="str"),
         node_selector=dict(type="dict", default={manifests.EGRESS_NODE_LABEL: "egress"}),
         interface=dict(type="str"),
         egress_gateways=dict(type="list", elements="dict", options=dict(
-            egress_ip=dict(type="str", required=True),
+            egress_ip=dict(type="str"),
             node_selector=dict(type="dict", required=True),
             interface=dict(type="str"),
         )),
@@ -157,39 +182,46 @@ def argument_spec():
     return spec
 
 
+def gateway_entry(entry, option):
+    """One gateway node (``option`` names it in messages): its selector and exactly one of egress IP
+    and interface."""
+    field, subject = (option + ".", option + ": ") if option else ("", "")
+    if not entry["node_selector"]:
+        raise manifests.ManifestError("%snode_selector: name at least one node label" % field)
+    if entry["egress_ip"] and entry["interface"]:
+        raise manifests.ManifestError(
+            "%segress_ip and interface: give one of them, not both: Cilium ignores an egress gateway policy whose "
+            "gateway sets both egressIP and interface, and its sandboxes would leave from their own node" % subject)
+    if not (entry["egress_ip"] or entry["interface"]):
+        raise manifests.ManifestError(
+            "%segress_ip or interface is required with state=present (the egress node's ZeroTier address, or its "
+            "ZeroTier device)%s" % (subject, "" if option else ", or give egress_gateways"))
+    return {"egress_ip": manifests.check_ipv4(entry["egress_ip"], field + "egress_ip") if entry["egress_ip"] else None,
+            "node_selector": manifests.check_labels(entry["node_selector"], field + "node_selector"),
+            "interface": entry["interface"]}
+
+
 def desired_policy(params):
     """The policy for the options; raises ManifestError naming the bad option."""
     p = params
     manifests.check_name(p["sandbox_namespace"], "sandbox_namespace")
     if p["egress_gateways"]:
-        gateways = []
-        for index, entry in enumerate(p["egress_gateways"]):
-            option = "egress_gateways[%d]" % index
-            if not entry["node_selector"]:
-                raise manifests.ManifestError("%s.node_selector: name at least one node label" % option)
-            gateways.append({"egress_ip": manifests.check_ipv4(entry["egress_ip"], option + ".egress_ip"),
-                             "node_selector": manifests.check_labels(entry["node_selector"], option + ".node_selector"),
-                             "interface": entry["interface"]})
-    elif p["egress_ip"]:
-        if not p["node_selector"]:
-            raise manifests.ManifestError("node_selector: name at least one node label")
-        gateways = [{"egress_ip": manifests.check_ipv4(p["egress_ip"], "egress_ip"),
-                     "node_selector": manifests.check_labels(p["node_selector"], "node_selector"),
-                     "interface": p["interface"]}]
+        gateways = [gateway_entry(entry, "egress_gateways[%d]" % index)
+                    for index, entry in enumerate(p["egress_gateways"])]
     else:
-        raise manifests.ManifestError("egress_ip: required with state=present (the egress node's ZeroTier address), "
-                                      "or give egress_gateways")
+        gateways = [gateway_entry(p, "")]
     if not p["destination_cidrs"]:
         raise manifests.ManifestError("destination_cidrs: name at least one destination CIDR")
+    destinations = manifests.check_cidrs(p["destination_cidrs"], "destination_cidrs")
     return manifests.egress_gateway_policy(
-        gateways, name=p["name"], namespace=p["sandbox_namespace"],
-        destination_cidrs=manifests.check_cidrs(p["destination_cidrs"], "destination_cidrs"),
-        excluded_cidrs=manifests.check_cidrs(p["excluded_cidrs"], "excluded_cidrs"))
+        gateways, name=p["name"], namespace=p["sandbox_namespace"], destination_cidrs=destinations,
+        excluded_cidrs=manifests.check_excluded_cidrs(p["excluded_cidrs"], destinations, "excluded_cidrs"),
+        profile=manifests.PROFILES[p["profile"]])
 
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("egress_ip", "egress_gateways")])
+                           mutually_exclusive=[("egress_ip", "egress_gateways"), ("interface", "egress_gateways")])
     desired = None
     try:
         if module.params["state"] == "present":

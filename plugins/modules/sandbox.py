@@ -15,7 +15,9 @@ description:
   - Creates or deletes a sandbox Pod named O(name) (the sandbox id) in the sandbox namespace. The Pod carries
     the labels the network policies and the gateway select, C(liteboxd.io/sandbox=true),
     C(liteboxd.io/sandbox-id=<name>) and C(app.kubernetes.io/managed-by=liteboxd.sandbox_network).
-    C(liteboxd.io/internet-access=true) is added when O(network.allow_internet_access) is set.
+    O(profile=liteboxd) names and labels it as LiteBoxd's server does instead.
+    C(liteboxd.io/internet-access=true) is added when O(network.allow_internet_access) is set without
+    O(network.allowed_domains).
   - On creation only, generates an access token (256 random bits from Python's C(secrets.token_urlsafe)). It is stored in the
     annotation C(liteboxd.io/access-token), or only its SHA-256 (lowercase hex) in
     C(liteboxd.io/access-token-sha256) with O(token_storage=hash). It is returned once, in RV(access_token).
@@ -26,6 +28,10 @@ description:
   - Changing only O(network) patches the Pod's labels and the sandbox's domain policy in place, so the
     sandbox keeps running. Changing the Pod spec (O(image), O(command), O(env), O(ports), O(resources)) fails
     unless O(recreate=true), because a Pod's spec cannot be changed in place.
+  - Network access follows LiteBoxd's semantics. Without O(network.allow_internet_access) the sandbox reaches
+    nothing. With it, and without O(network.allowed_domains), it reaches the internet. With both, it reaches
+    only the listed domains. The egress gateway policy selects every sandbox, so what a sandbox may send out
+    leaves through the egress node either way.
   - O(network.allowed_domains) becomes the CiliumNetworkPolicy C(allow-domains-<name>) (C(toFQDNs) on TCP 80
     and 443, label C(liteboxd.io/policy-set=domains)). This module owns it. It is created, changed and
     deleted with the sandbox.
@@ -54,13 +60,25 @@ attributes:
 options:
   name:
     description:
-      - Sandbox id, used as the Pod name and in the C(liteboxd.io/sandbox-id) label (a DNS label, at most 63 characters).
+      - Sandbox id, in the id label (C(liteboxd.io/sandbox-id), or C(sandbox-id) with O(profile=liteboxd)) and in the
+        Pod name (the id itself, or C(sandbox-<id>) with O(profile=liteboxd)). A DNS label, at most 63 characters.
     type: str
     required: true
   namespace:
     description: The sandbox namespace.
     type: str
     default: liteboxd-sandbox
+  profile:
+    description:
+      - How the sandbox Pod is named and labelled. V(default) is this collection's naming, Pod C(<name>) with
+        C(liteboxd.io/sandbox=true) and C(liteboxd.io/sandbox-id=<name>).
+      - V(liteboxd) is the shape LiteBoxd's server gives its Pods, Pod C(sandbox-<name>) with C(app=liteboxd) and
+        C(sandbox-id=<name>), and RV(access_url) takes LiteBoxd's gateway path C(/api/v1/sandbox/<name>/port/<port>/).
+      - Use the profile the policies (M(liteboxd.sandbox_network.sandbox_network_policies)) and the gateway use,
+        or they do not select the sandbox.
+    type: str
+    choices: [default, liteboxd]
+    default: default
   state:
     description: Whether the sandbox exists. V(absent) deletes the Pod and its domain policy.
     type: str
@@ -99,14 +117,17 @@ options:
     suboptions:
       allow_internet_access:
         description:
-          - Label the Pod C(liteboxd.io/internet-access=true). The internet set of
-            M(liteboxd.sandbox_network.sandbox_network_policies) and the egress gateway policy select that label.
+          - Outbound access. V(false) means the sandbox reaches nothing outside (DNS aside).
+          - V(true) without O(network.allowed_domains) labels the Pod C(liteboxd.io/internet-access=true), which the
+            internet set of M(liteboxd.sandbox_network.sandbox_network_policies) selects (every public address).
+            With O(network.allowed_domains) the Pod gets no such label and reaches only those domains.
         type: bool
         default: false
       allowed_domains:
         description:
-          - Domains reachable on TCP 80/443 even without internet access. Use exact names (V(pypi.org)) or
-            V(*.) wildcards (V(*.github.com) matches subdomains, not C(github.com) itself).
+          - With O(network.allow_internet_access=true), the only destinations the sandbox reaches, on TCP 80/443
+            (LiteBoxd's semantics). Refused without it, where the sandbox reaches nothing. Use exact names
+            (V(pypi.org)) or V(*.) wildcards (V(*.github.com) matches subdomains, not C(github.com) itself).
         type: list
         elements: str
         default: []
@@ -130,7 +151,7 @@ options:
     default: false
   gateway_url:
     description:
-      - Base URL of the LiteBoxd gateway. RV(access_url) is C(<gateway_url>/sandbox/<name>/port/<first port>/).
+      - Base URL of the LiteBoxd gateway, for RV(access_url).
     type: str
     default: ''
   wait:
@@ -167,11 +188,11 @@ EXAMPLES = r"""
     ports: [8000]
     resources: {limits: {cpu: "1", memory: 1Gi}}
     network:
-      allow_internet_access: false
+      allow_internet_access: true
       allowed_domains: [pypi.org, files.pythonhosted.org, "*.github.com"]
     token_storage: hash
   register: sandbox
-  no_log: true  # the result holds the access token
+  no_log: true  # the result holds the access token (returned on creation and rotation)
 
 - name: Create a sandbox and keep its token even when the wait for Ready times out
   block:
@@ -188,7 +209,17 @@ EXAMPLES = r"""
       ansible.builtin.fail:
         msg: "{{ sandbox.msg }} (token returned: {{ sandbox.access_token is defined }})"
 
-- name: Delete it
+- name: A sandbox shaped as LiteBoxd's server makes them (Pod sandbox-sbx-9c1d, app=liteboxd, sandbox-id=sbx-9c1d)
+  liteboxd.sandbox_network.sandbox:
+    name: sbx-9c1d
+    profile: liteboxd
+    image: ghcr.io/liteboxd/python-sandbox:3.12
+    ports: [8000]
+    gateway_url: https://gw.example.com  # access_url: .../api/v1/sandbox/sbx-9c1d/port/8000/
+  register: sandbox
+  no_log: true  # the result holds the access token
+
+- name: Delete it (no token is returned on deletion)
   liteboxd.sandbox_network.sandbox:
     name: sbx-7f3a
     state: absent
@@ -203,7 +234,9 @@ access_token:
   type: str
   sample: 3q2-7wEXAMPLEonlyZ1xk0mVbQdJ4YhWq9sPzLrT8c
 access_url:
-  description: C(<gateway_url>/sandbox/<name>/port/<first port>/), null without ports.
+  description:
+    - C(<gateway_url>/sandbox/<name>/port/<first port>/), or C(<gateway_url>/api/v1/sandbox/<name>/port/<first port>/)
+      with O(profile=liteboxd); null without ports.
   returned: when state is present
   type: str
   sample: https://gw.example.com/sandbox/sbx-7f3a/port/8000/
@@ -223,7 +256,9 @@ ready:
   type: bool
   sample: true
 internet_access:
-  description: Whether the Pod carries C(liteboxd.io/internet-access=true).
+  description:
+    - Whether the Pod carries C(liteboxd.io/internet-access=true), that is internet access without an allow-list
+      of domains.
   returned: when state is present
   type: bool
   sample: true
@@ -253,6 +288,7 @@ def argument_spec():
     spec = dict(
         name=dict(type="str", required=True),
         namespace=dict(type="str", default=manifests.DEFAULT_NAMESPACE),
+        profile=dict(type="str", choices=sorted(manifests.PROFILES), default="default"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         image=dict(type="str"),
         command=dict(type="list", elements="str"),
@@ -281,7 +317,9 @@ class Sandbox(object):
     def __init__(self, params):
         p = params
         self.params = p
-        self.name = manifests.check_name(p["name"], "name")
+        self.profile = manifests.PROFILES[p["profile"]]
+        self.id = manifests.check_name(p["name"], "name")
+        self.name = self.profile.pod_name(self.id)  # the Pod's name
         self.namespace = manifests.check_name(p["namespace"], "namespace")
         if p["wait_timeout"] < 1:
             raise manifests.ManifestError("wait_timeout: must be at least 1 second")
@@ -290,7 +328,14 @@ class Sandbox(object):
         if not p["image"] or not p["image"].strip():
             raise manifests.ManifestError("image: required with state=present")
         network = p["network"] or {"allow_internet_access": False, "allowed_domains": []}
-        self.allow_internet = network["allow_internet_access"]
+        domains = network["allowed_domains"]
+        if domains and not network["allow_internet_access"]:
+            raise manifests.ManifestError(
+                "network.allowed_domains: needs network.allow_internet_access: true. As in LiteBoxd, a sandbox "
+                "without internet access reaches nothing, and with internet access and allowed_domains it reaches "
+                "those domains only; set allow_internet_access: true to allow them, or drop allowed_domains")
+        # Internet access with domains is those domains only: no internet label then.
+        self.allow_internet = network["allow_internet_access"] and not domains
         env = p["env"] or {}
         for key in env:
             if not key or "=" in key:
@@ -300,10 +345,10 @@ class Sandbox(object):
             p["image"], command=p["command"], env=env, ports=self.ports,
             resources=manifests.check_resources(p["resources"], "resources"))
         self.labels = manifests.sandbox_labels(
-            self.name, self.allow_internet,
-            manifests.check_labels(p["labels"], "labels", reserved=manifests.RESERVED_LABELS))
-        domains = network["allowed_domains"]
-        self.domain_policy = manifests.domain_policy(self.name, self.namespace, domains) if domains else None
+            self.id, self.allow_internet,
+            manifests.check_labels(p["labels"], "labels", reserved=self.profile.reserved_labels), self.profile)
+        self.domain_policy = (manifests.domain_policy(self.id, self.namespace, domains, self.profile)
+                              if domains else None)
 
     def pod(self, token_annotations):
         return manifests.sandbox_pod(self.name, self.namespace, self.spec, self.labels, token_annotations)
@@ -396,7 +441,7 @@ def reconcile_domain_policy(client, sandbox, check_mode, diffs):
     if sandbox.params["state"] == "present" and sandbox.domain_policy:
         result = k8s.ensure_object(client, sandbox.domain_policy, check_mode)
     else:
-        result = k8s.remove_object(client, k8s.CILIUM_NETWORK_POLICY, manifests.domain_policy_name(sandbox.name),
+        result = k8s.remove_object(client, k8s.CILIUM_NETWORK_POLICY, manifests.domain_policy_name(sandbox.id),
                                    sandbox.namespace, check_mode)
     if result["changed"]:
         diffs.append(result["diff"])
@@ -439,10 +484,10 @@ def run(module, client, sandbox):
     status = (pod or {}).get("status") or {}
     output = dict(
         written,
-        access_url=manifests.access_url(p["gateway_url"], sandbox.name, sandbox.ports),
+        access_url=manifests.access_url(p["gateway_url"], sandbox.id, sandbox.ports, sandbox.profile),
         pod_ip=status.get("podIP"), phase=status.get("phase"), ready=manifests.pod_ready(pod),
         internet_access=sandbox.allow_internet,
-        domain_policy=manifests.domain_policy_name(sandbox.name) if sandbox.domain_policy else None)
+        domain_policy=manifests.domain_policy_name(sandbox.id) if sandbox.domain_policy else None)
     return output, diffs
 
 

@@ -17,8 +17,8 @@ description:
     (C(rules.dns matchPattern "*")) so that C(toFQDNs) policies learn names. C(deny-k8s-api)
     (CiliumNetworkPolicy, C(egressDeny)) blocks the Kubernetes API, the nodes, link-local/cloud metadata
     and the private ranges. C(allow-gateway-ingress) (NetworkPolicy, gateway pods) and/or
-    C(allow-gateway-ingress-from-hosts) (CiliumNetworkPolicy, entities C(host) and C(remote-node)) admit
-    the gateway only.
+    C(allow-gateway-ingress-from-hosts) (CiliumNetworkPolicy, entities C(host) and C(remote-node)) and/or
+    C(allow-gateway-ingress-from-cidrs) (CiliumNetworkPolicy, O(gateway_source_cidrs)) admit the gateway only.
   - Ensures the B(internet set) C(allow-internet-egress) (NetworkPolicy). Pods labelled
     C(liteboxd.io/internet-access=true) reach any public IPv4 address on every port and protocol
     (C(ipBlock 0.0.0.0/0) except the private ranges, no port list).
@@ -63,6 +63,19 @@ options:
         An existing namespace is not changed.
     type: bool
     default: true
+  profile:
+    description:
+      - Which Pods are sandboxes. V(default) selects C(liteboxd.io/sandbox=true), the Pods of
+        M(liteboxd.sandbox_network.sandbox).
+      - V(liteboxd) selects C(app=liteboxd), the Pods LiteBoxd's server creates (C(sandbox-<id>), labelled
+        C(app=liteboxd) and C(sandbox-id=<id>)). The objects are then named C(sandbox-network-<name>), because LiteBoxd's
+        server writes NetworkPolicies under the plain names (C(default-deny-all), C(allow-dns), C(deny-k8s-api),
+        C(allow-gateway-ingress), C(allow-internet-egress)) into the same namespace at start-up. Both sets then
+        apply together, and this set admits what LiteBoxd's does and more (DNS through Cilium's proxy, the
+        gateway's sources, the internet on every port).
+    type: str
+    choices: [default, liteboxd]
+    default: default
   internet_set:
     description:
       - Whether the internet set exists. V(false) deletes it, so no sandbox reaches the internet
@@ -74,11 +87,22 @@ options:
       - Where the gateway connects from. V(cluster) means in-cluster gateway pods (O(gateway_namespace),
         O(gateway_pod_labels)). V(host) means the cluster's nodes (Cilium entities C(host) and C(remote-node)),
         for a gateway running as a host service.
-      - At least one source is needed.
+      - At least one source is needed, here or in O(gateway_source_cidrs).
     type: list
     elements: str
     choices: [cluster, host]
     default: [cluster, host]
+  gateway_source_cidrs:
+    description:
+      - Addresses of gateway hosts B(outside) the cluster, admitted by C(allow-gateway-ingress-from-cidrs)
+        (CiliumNetworkPolicy C(fromCIDRSet)). A host that is not a cluster node is neither Cilium's C(host)
+        nor C(remote-node) entity, so V(host) in O(gateway_sources) does not admit it.
+      - Cilium's CIDR rules match only endpoints outside the cluster, never a node's or a Pod's address.
+        Such a host also needs a route to the Pod addresses through a cluster node; docs/gateway.md says
+        what that takes.
+    type: list
+    elements: str
+    default: []
   gateway_namespace:
     description:
       - Namespace of the in-cluster gateway pods (matched by its C(kubernetes.io/metadata.name) label).
@@ -135,6 +159,10 @@ EXAMPLES = r"""
       liteboxd.sandbox_network.egress_gateway_policy:
         egress_ip: 10.147.17.5
 
+- name: Policies for the Pods LiteBoxd's server creates (app=liteboxd), objects named sandbox-network-<name>
+  liteboxd.sandbox_network.sandbox_network_policies:
+    profile: liteboxd
+
 - name: Roll back
   liteboxd.sandbox_network.sandbox_network_policies:
     state: absent
@@ -187,11 +215,13 @@ def argument_spec():
         namespace=dict(type="str", default=manifests.DEFAULT_NAMESPACE),
         create_namespace=dict(type="bool", default=True),
         internet_set=dict(type="bool", default=True),
+        profile=dict(type="str", choices=sorted(manifests.PROFILES), default="default"),
         gateway_sources=dict(type="list", elements="str", choices=list(manifests.GATEWAY_SOURCES),
                              default=list(manifests.GATEWAY_SOURCES)),
         gateway_namespace=dict(type="str", default=manifests.DEFAULT_GATEWAY_NAMESPACE),
         gateway_pod_labels=dict(type="dict", default=dict(manifests.DEFAULT_GATEWAY_POD_LABELS)),
         gateway_ports=dict(type="list", elements="int", default=[]),
+        gateway_source_cidrs=dict(type="list", elements="str", default=[]),
         dns_namespace=dict(type="str", default=manifests.DEFAULT_DNS_NAMESPACE),
         dns_pod_labels=dict(type="dict", default=dict(manifests.DEFAULT_DNS_POD_LABELS)),
         private_cidrs=dict(type="list", elements="str", default=list(manifests.PRIVATE_CIDRS)),
@@ -206,18 +236,21 @@ def desired_policies(params):
     manifests.check_name(p["namespace"], "namespace")
     manifests.check_name(p["gateway_namespace"], "gateway_namespace")
     manifests.check_name(p["dns_namespace"], "dns_namespace")
-    if not p["gateway_sources"]:
-        raise manifests.ManifestError("gateway_sources: name at least one of cluster, host "
-                                      "(without a source no gateway can reach the sandboxes)")
+    if not p["gateway_sources"] and not p["gateway_source_cidrs"]:
+        raise manifests.ManifestError("gateway_sources: name at least one of cluster, host, or give "
+                                      "gateway_source_cidrs (without a source no gateway can reach the sandboxes)")
     private = manifests.check_cidrs(p["private_cidrs"], "private_cidrs", version=4)
+    profile = manifests.PROFILES[p["profile"]]
     policies = manifests.base_policies(
         namespace=p["namespace"], gateway_sources=p["gateway_sources"], gateway_namespace=p["gateway_namespace"],
         gateway_pod_labels=manifests.check_labels(p["gateway_pod_labels"], "gateway_pod_labels"),
         gateway_ports=manifests.check_ports(p["gateway_ports"], "gateway_ports"),
         dns_namespace=p["dns_namespace"], dns_pod_labels=manifests.check_labels(p["dns_pod_labels"], "dns_pod_labels"),
-        private_cidrs=private)
+        private_cidrs=private,
+        gateway_source_cidrs=manifests.check_cidrs(p["gateway_source_cidrs"], "gateway_source_cidrs"),
+        profile=profile)
     if p["internet_set"]:
-        policies.extend(manifests.internet_policies(namespace=p["namespace"], private_cidrs=private))
+        policies.extend(manifests.internet_policies(namespace=p["namespace"], private_cidrs=private, profile=profile))
     return policies
 
 

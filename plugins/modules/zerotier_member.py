@@ -55,8 +55,14 @@ options:
   api_token:
     description:
       - The controller's C(authtoken.secret) (V(controller)) or a Central API token (V(central)).
+      - One of O(api_token) and O(api_token_file) is required.
     type: str
-    required: true
+  api_token_file:
+    description:
+      - A file on the host the task runs on that holds the token, read there (for a self-hosted
+        controller, C(/var/lib/zerotier-one/authtoken.secret) on the controller host, so the token
+        never leaves it).
+    type: path
   network_id:
     description:
       - The 16-digit hexadecimal network id.
@@ -72,6 +78,12 @@ options:
     description:
       - V(present) creates or updates the member; V(absent) deletes the member record (which also
         removes its authorization).
+      - >-
+        A controller makes a member record itself for every node that asks for the network
+        (unauthorized, no name, no addresses), and re-creates it within seconds of a delete while
+        the node stays joined. V(absent) leaves such a record as it is, reports no change and warns
+        that the node is still joined (RV(controller_record)); it goes for good once the node has
+        left the network.
     type: str
     choices: [present, absent]
     default: present
@@ -107,10 +119,18 @@ options:
     type: int
     default: 60
 notes:
-  - Check mode reads the member and predicts the change without a POST or DELETE request.
+  - Check mode reads the member and predicts the change without a POST or DELETE request; a network
+    the controller does not know fails in check mode too.
+  - >-
+    The network must exist on the controller: for a member of an unknown network the module fails,
+    saying so, before any change (zerotier-one answers those calls with an empty 404).
   - Supports diff mode (C(authorized), C(name), C(ip_assignments) before and after).
-  - Run it where the controller API is reachable, for a self-hosted controller usually delegated to
-    the controller host; for Central, usually on the Ansible controller (C(delegate_to=localhost)).
+  - >-
+    Run it where the controller API is reachable. zerotier-one answers its API on 127.0.0.1 only
+    (unless C(allowManagementFrom) is set in its C(local.conf)) and without TLS, so for a self-hosted
+    controller delegate the task to the controller host and keep the default O(api_url) (a plain
+    HTTP O(api_url) to another host draws a warning: the token would cross the network in clear).
+    For Central, usually run it on the Ansible controller (C(delegate_to=localhost)).
 seealso:
   - module: liteboxd.sandbox_network.zerotier_network
   - name: Network controller API
@@ -122,10 +142,10 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Authorize the egress node on a self-hosted controller
+- name: Authorize the egress node on a self-hosted controller (the token is read on that host)
   liteboxd.sandbox_network.zerotier_member:
     api: controller
-    api_token: "{{ controller_authtoken }}"
+    api_token_file: /var/lib/zerotier-one/authtoken.secret
     network_id: 8056c2e21c000001
     node_id: "{{ zt.node_id }}"
     authorized: true
@@ -178,6 +198,13 @@ api_response:
   description: The member object as the API last returned it (empty in check mode without a read result).
   returned: always
   type: dict
+controller_record:
+  description:
+    - With V(state=absent), whether the record that remains is the one the controller makes itself
+      for a node that still asks for the network (unauthorized, no name, no addresses); it is left
+      as it is.
+  returned: when O(state=absent)
+  type: bool
 zerotier_status:
   description: On failure, the HTTP status code the controller API answered. Null when the failure was not an HTTP answer.
   returned: failed
@@ -188,9 +215,12 @@ zerotier_status:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.zerotier import (
+    MemberSettings,
     ZeroTierError,
     canonical_ip_assignments,
+    cleartext_remote,
     member_client,
+    token_from,
     validate_network_id,
     validate_node_id,
 )
@@ -213,21 +243,35 @@ def run(module):
     network_id = validate_network_id(params["network_id"], "network_id")
     node_id = validate_node_id(params["node_id"], "node_id")
     wanted = wanted_settings(params)
-    client = member_client(params["api"], params["api_token"], base_url=params["api_url"], token_option="api_token",
+    token, token_option = token_from(params)
+    client = member_client(params["api"], token, base_url=params["api_url"], token_option=token_option,
                            timeout=params["timeout"], validate_certs=params["validate_certs"],
                            rate_limit_wait=params["rate_limit_wait"])
+    if params["api"] == "controller" and cleartext_remote(client.base_url):
+        module.warn("api_url %s sends the controller's token in clear over the network, and zerotier-one answers "
+                    "there only with allowManagementFrom in its local.conf: delegate this task to the controller "
+                    "host and keep the default api_url (http://127.0.0.1:9993)" % client.base_url)
 
     member = client.get(network_id, node_id)
+    if member is None and client.network(network_id) is None:
+        raise ZeroTierError(client.unknown_network_message(network_id))
     existed = member is not None
     current = client.settings(member) if existed else {}
 
     if params["state"] == "absent":
-        changed = existed
+        controller_record = current == MemberSettings.CONTROLLER_MADE
+        changed = existed and not controller_record
         if changed and not module.check_mode:
             client.delete(network_id, node_id)
-        result = dict(changed=changed, existed=existed, member={}, api_response={})
+        if controller_record:
+            module.warn("node %s is still joined to network %s (or was until lately): its controller keeps the record "
+                        "it makes itself for a node that asks for the network (unauthorized, no name, no addresses) "
+                        "and re-creates it within seconds of a delete, so it is left as it is. Leave the network on "
+                        "the node (zerotier_network state=absent) to let it go." % (node_id, network_id))
+        result = dict(changed=changed, existed=existed, controller_record=controller_record, member={},
+                      api_response={})
         if module._diff:
-            result["diff"] = dict(before=current, after={})
+            result["diff"] = dict(before=current, after=current if controller_record else {})
         return result
 
     differing = dict((key, value) for key, value in wanted.items() if current.get(key) != value)
@@ -236,7 +280,12 @@ def run(module):
     response = member or {}
     if changed and not module.check_mode:
         # The whole differing set goes in one POST; a new member record is created by the same call.
-        response = client.update(network_id, node_id, differing)
+        try:
+            response = client.update(network_id, node_id, differing)
+        except ZeroTierError as exc:
+            if exc.status == 404:  # the network went away since the read
+                raise ZeroTierError(client.unknown_network_message(network_id), status=404)
+            raise
         predicted = client.settings(response) if response else predicted
     result = dict(changed=changed, existed=existed, member=predicted, api_response=response)
     if module._diff:
@@ -248,7 +297,8 @@ def argument_spec():
     return dict(
         api=dict(type="str", choices=["controller", "central"], default="controller"),
         api_url=dict(type="str"),
-        api_token=dict(type="str", required=True, no_log=True),
+        api_token=dict(type="str", no_log=True),
+        api_token_file=dict(type="path"),
         network_id=dict(type="str", required=True),
         node_id=dict(type="str", required=True),
         state=dict(type="str", choices=["present", "absent"], default="present"),
@@ -264,6 +314,8 @@ def argument_spec():
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
+        mutually_exclusive=[("api_token", "api_token_file")],
+        required_one_of=[("api_token", "api_token_file")],
         supports_check_mode=True,
     )
     try:

@@ -16,10 +16,12 @@ description:
     local service API (C(http://127.0.0.1:9993), header C(X-ZT1-Auth)).
   - After joining it waits until the network status is C(OK) and the controller has assigned an
     address, and returns the node id, the virtual device name (C(portDeviceName)) and the addresses.
-  - C(ACCESS_DENIED) fails at once with the node and network to authorize, unless
+  - C(ACCESS_DENIED) fails with the node and network to authorize once it has outlasted O(settle)
+    (zerotier-one keeps reporting it for a moment after the node was authorized), unless
     O(wait_for_authorization=true) (then it keeps waiting until O(wait_timeout)).
     C(NOT_FOUND), C(PORT_ERROR), C(CLIENT_TOO_OLD) and C(AUTHENTICATION_REQUIRED) fail with a message
-    that says what to fix.
+    that says what to fix; a C(REQUESTING_CONFIGURATION) that outlasts O(wait_timeout) names the
+    controller that never answered (the network id's first 10 hexadecimal digits).
   - The network id is validated before any request is made.
 version_added: "0.1.0"
 author:
@@ -107,9 +109,17 @@ options:
   wait_for_authorization:
     description:
       - When the controller answers C(ACCESS_DENIED), keep waiting (someone authorizes the node
-        meanwhile) instead of failing at once.
+        meanwhile) until O(wait_timeout) instead of failing once O(settle) has passed.
     type: bool
     default: false
+  settle:
+    description:
+      - Seconds, counted from the start of the wait, during which C(ACCESS_DENIED) is not final.
+      - zerotier-one 1.14.1 keeps reporting C(ACCESS_DENIED) for 0.7-2.3 s after a node that was
+        already denied is authorized (longer with a remote controller), so a wait that starts right
+        after an authorization sees it. An unauthorized node fails after this window.
+    type: float
+    default: 10.0
   timeout:
     description:
       - Timeout in seconds of one HTTP request.
@@ -123,6 +133,15 @@ options:
 notes:
   - Check mode reads the current state and predicts the change; it makes no POST or DELETE request.
   - Supports diff mode (the membership and the local settings before and after).
+  - >-
+    A de-authorized node keeps reporting C(OK) with its address for up to a minute (until its next
+    config refresh), then C(ACCESS_DENIED) while still listing the address and keeping it on the
+    device; traffic stops at once. When this node is the network's own controller the module asks
+    the controller and treats a member that is not authorized as C(ACCESS_DENIED); elsewhere C(OK)
+    is what the node reports, and only traffic proves the tunnel (the zerotier role pings through it).
+  - >-
+    The service API answers on 127.0.0.1 only (unless C(allowManagementFrom) is set in
+    C(local.conf)) and has no TLS: run the module on the node, not against a remote O(api_url).
 seealso:
   - module: liteboxd.sandbox_network.zerotier_member
   - name: ZeroTier service API
@@ -140,6 +159,11 @@ EXAMPLES = r"""
 - name: Show the tunnel device and address
   ansible.builtin.debug:
     msg: "{{ zt.port_device_name }} {{ zt.assigned_addresses }}"
+
+- name: Wait right after authorizing this node elsewhere (late ACCESS_DENIED is retried for 15 s)
+  liteboxd.sandbox_network.zerotier_network:
+    network_id: 8056c2e21c000001
+    settle: 15
 
 - name: Join and wait until an operator authorizes the node in ZeroTier Central
   liteboxd.sandbox_network.zerotier_network:
@@ -176,10 +200,13 @@ status:
   type: str
   sample: OK
 port_device_name:
-  description: Name of the virtual network device (C(portDeviceName)); empty until the device exists.
+  description:
+    - Name of the virtual network device (C(portDeviceName)), set from the join on; zerotier-one
+      derives it from the network id, so it is the same on every node.
+    - Empty when not joined.
   returned: always
   type: str
-  sample: zt4xyqdgpe
+  sample: ztmjfmfyq5
 assigned_addresses:
   description: Addresses assigned by the controller, with prefix length.
   returned: always
@@ -217,9 +244,12 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.zerotier 
     STATUS_NOT_FOUND,
     STATUS_OK,
     STATUS_PORT_ERROR,
+    STATUS_REQUESTING_CONFIGURATION,
+    ControllerMembers,
     ServiceClient,
     ZeroTierError,
-    read_token_file,
+    cleartext_remote,
+    token_from,
     validate_network_id,
 )
 
@@ -255,34 +285,62 @@ def _authorize_message(node_id, network_id):
             "or the controller's UI, or set wait_for_authorization to wait for it" % (node_id, network_id))
 
 
+def _unanswered_message(network_id):
+    return ("controller %s never answered (status REQUESTING_CONFIGURATION): check network_id, whose first 10 "
+            "hexadecimal digits are the address of the network's controller, and that this controller is online "
+            "and reachable from this node" % network_id[:10])
+
+
+def _denial(network, node_id, network_id, own_controller):
+    """Why the node is denied, or None: ACCESS_DENIED, or a de-authorization its own controller knows of.
+
+    A de-authorized node keeps reporting OK until its next config refresh; only when this daemon is
+    the network's controller can the module see the member record behind it.
+    """
+    if network.get("status") == STATUS_ACCESS_DENIED:
+        return _authorize_message(node_id, network_id)
+    if network.get("status") == STATUS_OK and own_controller is not None:
+        controlled = own_controller.network(network_id)
+        member = own_controller.get(network_id, node_id)
+        if controlled and controlled.get("private") and not (member or {}).get("authorized"):
+            return ("node %s is not authorized on its controller (this node) for network %s, although zerotier-one "
+                    "reports OK with its address until its next config refresh (up to a minute): %s"
+                    % (node_id, network_id, _authorize_message(node_id, network_id)))
+    return None
+
+
 def _ready(network, require_address):
     return network.get("status") == STATUS_OK and (not require_address or bool(network.get("assignedAddresses")))
 
 
-def wait_for_network(module, client, network_id, node_id):
+def wait_for_network(module, client, network_id, node_id, own_controller):
     """Poll GET /network/<nwid> until it is usable; fail with a status-specific message."""
     params = module.params
-    deadline = time.monotonic() + params["wait_timeout"]
+    started = time.monotonic()
     while True:
         network = client.network(network_id)
         if network is None:
             raise ZeroTierError("network %s disappeared from zerotier-one while waiting for it (left by someone else?)"
                                 % network_id)
-        if _ready(network, params["require_address"]):
-            return network
         fatal = _fatal_status_message(network, node_id, network_id)
         if fatal:
             raise ZeroTierError(fatal, status=network.get("status"))
-        status = network.get("status")
-        if status == STATUS_ACCESS_DENIED and not params["wait_for_authorization"]:
-            raise ZeroTierError(_authorize_message(node_id, network_id), status=status)
-        if time.monotonic() >= deadline:
-            if status == STATUS_ACCESS_DENIED:
-                reason = _authorize_message(node_id, network_id)
+        denied = _denial(network, node_id, network_id, own_controller)
+        if denied is None and _ready(network, params["require_address"]):
+            return network
+        status = STATUS_ACCESS_DENIED if denied else network.get("status")
+        waited = time.monotonic() - started
+        if denied and not params["wait_for_authorization"] and waited >= params["settle"]:
+            raise ZeroTierError(denied, status=status)
+        if waited >= params["wait_timeout"]:
+            if denied:
+                reason = denied
             elif status == STATUS_OK:
                 reason = ("network %s is OK but no address was assigned to node %s: give the network an IP assignment "
                           "pool or the member an ipAssignments entry, and keep allow_managed true"
                           % (network_id, node_id))
+            elif status == STATUS_REQUESTING_CONFIGURATION:
+                reason = _unanswered_message(network_id)
             else:
                 reason = "network %s is still %s" % (network_id, status)
             raise ZeroTierError("timed out after %ss waiting for network %s: %s"
@@ -317,12 +375,11 @@ def _view(joined, network, wanted_settings):
 def run(module):
     params = module.params
     network_id = validate_network_id(params["network_id"], "network_id")
-    token = params["api_token"]
-    token_option = "api_token"
-    if not token:
-        token_file = params["api_token_file"] or DEFAULT_AUTHTOKEN_FILE
-        token = read_token_file(token_file)
-        token_option = "api_token_file (%s)" % token_file
+    if cleartext_remote(params["api_url"]):
+        module.warn("api_url %s sends the service API token in clear over the network, and zerotier-one answers "
+                    "there only with allowManagementFrom in its local.conf: run this task on the node itself, with "
+                    "the default api_url" % params["api_url"])
+    token, token_option = token_from(params, DEFAULT_AUTHTOKEN_FILE)
     client = ServiceClient(token, base_url=params["api_url"], token_option=token_option,
                            timeout=params["timeout"], rate_limit_wait=params["rate_limit_wait"])
 
@@ -356,8 +413,14 @@ def run(module):
     else:
         network = client.join(network_id, differing) if changed else current
         if params["wait"]:
+            # The controller of this network is this very daemon: it can tell a de-authorization early.
+            own_controller = None
+            if node_id == network_id[:10]:
+                own_controller = ControllerMembers(token, base_url=params["api_url"], token_option=token_option,
+                                                   timeout=params["timeout"],
+                                                   rate_limit_wait=params["rate_limit_wait"])
             try:
-                network = wait_for_network(module, client, network_id, node_id)
+                network = wait_for_network(module, client, network_id, node_id, own_controller)
             except ZeroTierError as exc:
                 exc.changed = changed  # the join itself happened: say so in the failure
                 raise
@@ -383,6 +446,7 @@ def argument_spec():
         poll_interval=dict(type="float", default=2.0),
         require_address=dict(type="bool", default=True),
         wait_for_authorization=dict(type="bool", default=False),
+        settle=dict(type="float", default=10.0),
         timeout=dict(type="int", default=10),
         rate_limit_wait=dict(type="int", default=60),
     )

@@ -195,6 +195,28 @@ async def ws_round_trips(url, count, headers=None, size=64):
     return count / elapsed, samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
 
 
+def bench_websocket(targets, round_trips, rounds):
+    """Sequential round trips per target, the targets alternating in each round; prints each round,
+    then the gateway's msg/s against nginx's: per round, median and range."""
+    print(f"\nWebSocket echo, {round_trips} sequential round trips of 64-byte text messages per target and round"
+          f"\n(us/rt = the proxy's CPU microseconds per round trip, user + system)")
+    print(f"{'round':>5} {'target':>8} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'us/rt':>6}")
+    ratios = []
+    for round_number in range(1, rounds + 1):
+        rates = {}
+        for name, (url, headers, proc) in targets.items():
+            cpu0 = proc.cpu() if proc else 0.0
+            rate, p50, p99 = asyncio.run(ws_round_trips(url, round_trips, headers))
+            per_round_trip = f"{(proc.cpu() - cpu0) / round_trips * 1e6:>6.1f}" if proc else f"{'':>6}"
+            rates[name] = rate
+            print(f"{round_number:>5} {name:>8} {rate:>8.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f} {per_round_trip}")
+        ratios.append(rates["gateway"] / rates["nginx"])
+        print(f"{round_number:>5} {'gw/nginx':>8} {ratios[-1]:>8.2f}   load average {os.getloadavg()[0]:.1f}")
+    ordered = sorted(ratios)
+    print(f"WebSocket msg/s gateway/nginx: median {ordered[len(ordered) // 2]:.2f}, range {ordered[0]:.2f}-{ordered[-1]:.2f}"
+          f" over {rounds} round(s)")
+
+
 def bench_http(targets, sizes, concurrencies, duration):
     """One wrk run per size, concurrency and target: {(size, concurrency, target): measurements}."""
     results = {}
@@ -284,7 +306,9 @@ def main():
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--concurrency", default="1,10,50,200")
     parser.add_argument("--sizes", default="1k,64k")
-    parser.add_argument("--ws-round-trips", type=int, default=3000)
+    parser.add_argument("--ws-round-trips", type=int, default=10000)
+    parser.add_argument("--ws-rounds", type=int, default=3,
+                        help="repeat the WebSocket table, the targets alternating within each round")
     parser.add_argument("--cache-sizes", default="10000,100000")
     parser.add_argument("--churn-rate", type=float, default=100)
     parser.add_argument("--workers", type=int, default=1)
@@ -394,17 +418,14 @@ def main():
                            + time.strftime("%H:%M:%S UTC", time.gmtime()) + f", load average {os.getloadavg()[0]:.1f}")
 
         if "websocket" in parts:
-            print(f"\nWebSocket echo, {args.ws_round_trips} sequential round trips of 64-byte text messages")
-            print(f"{'target':>8} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
             ws_targets = {
-                "direct": (f"ws://127.0.0.1:{ws_port}/ws", None),
+                "direct": (f"ws://127.0.0.1:{ws_port}/ws", None, None),
                 "gateway": (f"ws://127.0.0.1:{gateway_port}/sandbox/bench/port/{ws_port}/ws",
-                            {"X-Access-Token": TOKEN}),
-                "nginx": (f"ws://127.0.0.1:{nginx_port}/sandbox/bench/port/{ws_port}/ws", {"X-Access-Token": TOKEN}),
+                            {"X-Access-Token": TOKEN}, gateway_proc),
+                "nginx": (f"ws://127.0.0.1:{nginx_port}/sandbox/bench/port/{ws_port}/ws", {"X-Access-Token": TOKEN},
+                          nginx_proxy),
             }
-            for name, (url, headers) in ws_targets.items():
-                rate, p50, p99 = asyncio.run(ws_round_trips(url, args.ws_round_trips, headers))
-                print(f"{name:>8} {rate:>8.0f} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}")
+            bench_websocket(ws_targets, args.ws_round_trips, args.ws_rounds)
 
         if "churn" in parts:
             print(f"\nGateway p99 while {len(pod_names) - 1} sandbox Pods churn at {args.churn_rate:.0f} events/s "

@@ -79,10 +79,10 @@ class Upstream:
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
 
-    async def start(self):
+    async def start(self, port=0):
         self.runner = web.AppRunner(self.app(), access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, 0)
+        site = web.TCPSite(self.runner, self.host, port)
         await site.start()
         self.port = self.runner.addresses[0][1]
         return self
@@ -209,8 +209,8 @@ class Upstream:
 async def upstream_factory():
     started = []
 
-    async def make(name="app", host=None):
-        server = await Upstream(name, host or next_loopback()).start()
+    async def make(name="app", host=None, port=0):
+        server = await Upstream(name, host or next_loopback()).start(port)
         started.append(server)
         return server
 

@@ -17,7 +17,7 @@ from liteboxd_gateway.server import compiled_modules
 from tests.lib.gateway_build import GATEWAY_PROJECT, build_gateway
 
 # What gateway/setup.py compiles.
-COMPILED = ["app", "http1", "proxy", "writes"]
+COMPILED = ["app", "http1", "proxy", "writes", "wsrelay"]
 
 
 def test_the_package_under_test_runs_compiled_exactly_when_its_build_says_so():
@@ -59,17 +59,19 @@ def host_install(tmp_path, wheelhouse) -> list:
     """What the role does on a host: a virtualenv of Debian's python3.11, pip offline with hashes
     checked; returns what PROBE printed there."""
     venv = tmp_path / "venv"
+    # A host has no PYTHONPATH; env.sh's would show pip a checkout's egg-info as the gateway installed.
+    host_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([DEBIAN_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120)
     installed = subprocess.run(
         [str(venv / "bin" / "pip"), "install", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
          "--find-links", str(wheelhouse), "--require-hashes", "--requirement", str(wheelhouse / "requirements.txt")],
-        capture_output=True, text=True, check=False, timeout=300)
+        capture_output=True, text=True, check=False, timeout=300, env=host_env)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     version = subprocess.run([str(venv / "bin" / "liteboxd-gateway"), "--version"], capture_output=True, text=True,
                              check=False, timeout=60)
     assert version.returncode == 0 and version.stdout.strip(), version.stderr
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", PROBE], capture_output=True, text=True, check=False,
-                           timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                           timeout=60, env=host_env)
     assert probe.returncode == 0, probe.stderr
     return probe.stdout.splitlines()
 

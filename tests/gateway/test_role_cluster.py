@@ -56,6 +56,8 @@ def test_cluster_manifests_apply_idempotently_and_are_removed(tmp_path, kube_api
     assert env["LITEBOXD_GATEWAY_NAMESPACE"] == kube_namespace
     assert env["LITEBOXD_GATEWAY_DOMAIN"] == "sandbox.example.com"
     assert env["LITEBOXD_GATEWAY_MAX_CONCURRENT_PER_SANDBOX"] == "64"
+    assert env["LITEBOXD_GATEWAY_PROFILE"] == "default" and "LITEBOXD_GATEWAY_LABEL_SELECTOR" not in env
+    assert env["LITEBOXD_GATEWAY_ALLOW_PLAIN_HTTP"] == "True"  # behind its Service and the Ingress's TLS
     assert container.readiness_probe.http_get.path == "/readyz"
     assert deployment.spec.template.spec.service_account_name == "liteboxd-gateway"
     role = rbac.read_namespaced_role("liteboxd-gateway", kube_namespace)
@@ -106,8 +108,46 @@ def test_host_mode_without_a_wheelhouse_stops_before_any_change(tmp_path):
     # Host mode on this machine, with a wheelhouse that was never built: refused at validation,
     # before the first task that changes anything, naming the variable and the build command.
     variables = {"gateway_wheelhouse": str(tmp_path / "not-built"), "gateway_install_dir": str(tmp_path / "opt"),
-                 "gateway_config_dir": str(tmp_path / "etc")}
+                 "gateway_config_dir": str(tmp_path / "etc"), "gateway_listen_host": "127.0.0.1"}
     output = refused(tmp_path, variables)
     assert f"gateway_wheelhouse ({tmp_path / 'not-built'}) holds no gateway wheelhouse" in output
     assert "scripts/build-gateway.sh" in output
     assert not (tmp_path / "opt").exists() and not (tmp_path / "etc").exists()
+
+
+def test_the_default_gateway_pods_are_admitted_by_the_default_policy(tmp_path, kube_apiserver, kube_namespace,
+                                                                     cluster_vars):
+    """The Deployment the role renders and the policy the module renders, both with their defaults, line
+    up: a Pod made from the Deployment's template (as its ReplicaSet would) is the peer that
+    allow-gateway-ingress admits, in the namespace the role created (the API server evaluates both
+    selectors)."""
+    from kubernetes import client
+
+    from tests.lib.apiserver import delete_namespace
+    from tests.lib.modules import run_module
+
+    api = kube_apiserver.api_client()
+    apps, core, networking = client.AppsV1Api(api), client.CoreV1Api(api), client.NetworkingV1Api(api)
+    gateway_namespace = kube_namespace + "-gw"
+    variables = {key: value for key, value in cluster_vars.items() if key not in (
+        "gateway_namespace", "gateway_create_namespace")}
+    try:
+        run_role(tmp_path, dict(variables, gateway_namespace=gateway_namespace))
+        run_module("sandbox_network_policies", {"kubeconfig": kube_apiserver.kubeconfig, "namespace": kube_namespace,
+                                                "gateway_namespace": gateway_namespace})
+        template = apps.read_namespaced_deployment("liteboxd-gateway", gateway_namespace).spec.template
+        core.create_namespaced_pod(gateway_namespace, {
+            "metadata": {"name": "liteboxd-gateway-abc12", "labels": template.metadata.labels},
+            "spec": api.sanitize_for_serialization(template.spec)})
+        peer = networking.read_namespaced_network_policy("allow-gateway-ingress", kube_namespace).spec.ingress[0]._from[0]
+
+        namespaces = core.list_namespace(label_selector=",".join(
+            f"{k}={v}" for k, v in peer.namespace_selector.match_labels.items())).items
+        pods = core.list_namespaced_pod(gateway_namespace, label_selector=",".join(
+            f"{k}={v}" for k, v in peer.pod_selector.match_labels.items())).items
+    finally:
+        run_role(tmp_path, dict(variables, gateway_namespace=gateway_namespace, gateway_state="absent"))
+        delete_namespace(api, gateway_namespace)
+
+    assert [n.metadata.name for n in namespaces] == [gateway_namespace]
+    assert [p.metadata.name for p in pods] == ["liteboxd-gateway-abc12"]

@@ -178,7 +178,8 @@ async def test_a_kubeconfig_user_the_gateway_cannot_authenticate_stops_start_up(
         kube.load(str(kubeconfig))
     # As a process: refused before it listens, with the user named.
     port = free_port()
-    process = await start_gateway(tmp_path, "--kubeconfig", str(kubeconfig), "--port", str(port))
+    process = await start_gateway(tmp_path, "--kubeconfig", str(kubeconfig), "--listen-host", "127.0.0.1",
+                                  "--port", str(port))
     assert await asyncio.wait_for(process.wait(), 60) == 2
     log = (tmp_path / "gateway.log").read_text()
     assert f"user 'platform-sso' authenticates with '{field}'" in log and "listening" not in log

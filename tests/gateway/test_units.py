@@ -9,7 +9,7 @@ from liteboxd_gateway.cache import Sandbox, SandboxCache
 from liteboxd_gateway.headers import (connection_tokens, downstream_response_fields, is_websocket_upgrade,
                                       without_hop_by_hop)
 from liteboxd_gateway.limits import SandboxLimits
-from liteboxd_gateway.websocket import sendable_close_code
+from liteboxd_gateway.wsrelay import sendable_close_code
 
 
 def resolve(target, domain="sb.example.com", **headers):
@@ -135,6 +135,7 @@ def test_close_codes_never_put_1005_1006_on_the_wire(received, vanished, sent):
 
 
 def test_config_from_environment_and_flags(monkeypatch):
+    monkeypatch.setenv("LITEBOXD_GATEWAY_LISTEN_HOST", "127.0.0.1")
     monkeypatch.setenv("LITEBOXD_GATEWAY_NAMESPACE", "from-env")
     monkeypatch.setenv("LITEBOXD_GATEWAY_ACCESS_LOG", "false")
     monkeypatch.setenv("LITEBOXD_GATEWAY_ALLOWED_PORTS", "80, 1024-2048")
@@ -146,7 +147,8 @@ def test_config_from_environment_and_flags(monkeypatch):
     assert defaults.label_selector == "liteboxd.io/sandbox=true"
 
 
-def test_config_errors_name_the_flag():
+def test_config_errors_name_the_flag(monkeypatch):
+    monkeypatch.setenv("LITEBOXD_GATEWAY_LISTEN_HOST", "127.0.0.1")
     with pytest.raises(config.ConfigError, match="--drain-delay"):
         config.load(["--drain-delay", "-1"])
     with pytest.raises(config.ConfigError, match="--token-cookie"):
@@ -169,3 +171,36 @@ def test_config_errors_name_the_flag():
 ])
 def test_downstream_response_fields_drop_hop_by_hop_fields(fields, kept, has_length, framed):
     assert downstream_response_fields(fields) == (kept, has_length, framed)
+
+
+def test_a_sandbox_id_label_groups_pods_and_picks_the_ready_then_the_newest():
+    from liteboxd_gateway.cache import SandboxCache
+
+    def pod(name, sandbox_id, created, ready, ip="10.42.0.9"):
+        return {"metadata": {"name": name, "labels": {"sandbox-id": sandbox_id}, "creationTimestamp": created},
+                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+    cache, removed = SandboxCache("sandbox-id"), []
+    cache.on_removed.append(removed.append)
+    cache.replace([pod("a", "s1", "2026-01-01T00:00:00Z", False), pod("b", "s1", "2026-01-01T00:01:00Z", False),
+                   {"metadata": {"name": "no-id", "labels": {}}}])
+    assert cache.get("s1").name == "b" and len(cache) == 1  # neither Ready: the newest
+    cache.apply("MODIFIED", pod("a", "s1", "2026-01-01T00:00:00Z", True))
+    assert cache.get("s1").name == "a"  # the Ready one
+    cache.apply("MODIFIED", pod("b", "s1", "2026-01-01T00:01:00Z", True))
+    assert cache.get("s1").name == "b"  # both Ready: the newest
+    cache.apply("MODIFIED", pod("b", "s2", "2026-01-01T00:01:00Z", True))  # its id label changed
+    assert (cache.get("s1").name, cache.get("s2").name) == ("a", "b")
+    cache.apply("DELETED", pod("a", "s1", "2026-01-01T00:00:00Z", True))
+    assert cache.get("s1") is None and removed == ["s1"]
+    cache.replace([])
+    assert removed == ["s1", "s2"]
+
+
+def test_the_limits_say_they_count_per_worker_process():
+    """Workers do not share counts (docs/gateway.md): the flags' help says so, for the operator who reads
+    only `liteboxd-gateway --help` and sets --workers."""
+    helps = {action.dest: action.help for action in config.build_parser()._actions}
+    for name in ("max_concurrent_per_sandbox", "rate_per_sandbox", "rate_burst"):
+        assert "in each worker process" in helps[name], name
+    assert "up to N times this" in helps["max_concurrent_per_sandbox"]

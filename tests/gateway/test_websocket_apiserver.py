@@ -355,6 +355,7 @@ async def test_role_grants_pods_proxy_for_apiserver_mode_only(tmp_path, kube_api
 
 
 def test_websocket_upstream_setting(monkeypatch):
+    monkeypatch.setenv("LITEBOXD_GATEWAY_LISTEN_HOST", "127.0.0.1")
     assert config_module.load([]).websocket_upstream == "direct"
     assert config_module.load(["--websocket-upstream", "apiserver"]).websocket_upstream == "apiserver"
     monkeypatch.setenv("LITEBOXD_GATEWAY_WEBSOCKET_UPSTREAM", "apiserver")

@@ -17,13 +17,14 @@ which is what AWX stores and shows.
 """
 import pathlib
 import sys
+import types
 
 import pytest
 from kubernetes import client
 
 from tests.integration.test_module_defaults_role import cluster_state
 from tests.lib.awx import Job, credential_type
-from tests.lib.zerotier_stub import ZeroTierStub
+from tests.lib.zerotier_stub import SHORT_TIMINGS, Timings, World
 
 HOST_GROUPS = ("k3s_servers", "k3s_agents", "egress_exits", "egress_nodes", "route_aware_egress_hosts",
                "gateway_hosts")
@@ -42,9 +43,9 @@ def inventory(egress_nodes=(), hostvars=None):
                 _meta={"hostvars": meta})
 
 
-def zerotier_credential(job, stub):
+def zerotier_credential(job, central):
     job.inject_custom(credential_type("zerotier_api"),
-                      {"api": "central", "api_url": stub.central_url, "token": stub.central_token})
+                      {"api": "central", "api_url": central.api_url, "token": central.token})
 
 
 def assert_no_secret(result, *secrets):
@@ -58,17 +59,19 @@ def assert_successful(result):
 
 
 @pytest.fixture
-def zerotier_stub():
-    server = ZeroTierStub(node_address=NODE, config_polls=1).start()
-    server.add_network(NWID, "10.147.17.0/24", private=True)
-    yield server
-    server.stop()
+def zerotier():
+    """A node's zerotier-one and ZeroTier Central holding its network (tests/lib/zerotier_stub.py), fast timings."""
+    world = World(Timings(**SHORT_TIMINGS))
+    stand_in = types.SimpleNamespace(node=world.daemon(NODE), central=world.central(NWID[:10]))
+    stand_in.central.add_network(NWID, "10.147.17.0/24", private=True)
+    yield stand_in
+    world.stop()
 
 
 @pytest.mark.parametrize("auth", ["bearer_token_credential", "kubeconfig_credential", "liteboxd_kubeconfig",
                                   "liteboxd_k8s_auth"])
 def test_deploy_job_applies_the_policies_and_rollback_removes_them(auth, kube_apiserver, kube_namespace,
-                                                                   zerotier_stub, tmp_path):
+                                                                   zerotier, tmp_path):
     egress_name = "awx-" + kube_namespace[-24:].strip("-")
     variables = {"liteboxd_sandbox_namespace": kube_namespace, "sandbox_policies_egress_policy_name": egress_name}
     nodes = inventory(["egress-1"], {"egress-1": {"egress_node_egress_ip": EGRESS_IP}})
@@ -85,7 +88,7 @@ def test_deploy_job_applies_the_policies_and_rollback_removes_them(auth, kube_ap
             made.extravars["liteboxd_kubeconfig"] = str(kube_apiserver.kubeconfig)
         else:
             made.extravars["liteboxd_k8s_auth"] = connection
-        zerotier_credential(made, zerotier_stub)
+        zerotier_credential(made, zerotier.central)
         return made
 
     deploy = job("deploy", "deploy.yml", {}, ["sandbox_policies"])
@@ -103,7 +106,7 @@ def test_deploy_job_applies_the_policies_and_rollback_removes_them(auth, kube_ap
     assert_successful(rolled_back)
     assert names_after == set() and egress_after is None
     for result in (deployed, rolled_back):
-        assert_no_secret(result, kube_apiserver.token, zerotier_stub.central_token)
+        assert_no_secret(result, kube_apiserver.token, zerotier.central.token)
 
 
 def test_a_sandbox_job_keeps_the_sandbox_token_out_of_the_job(kube_apiserver, kube_namespace, tmp_path):
@@ -130,15 +133,15 @@ def test_a_sandbox_job_keeps_the_sandbox_token_out_of_the_job(kube_apiserver, ku
     assert_no_secret(result, token, kube_apiserver.token)
 
 
-def test_the_zerotier_credential_authorizes_the_node_through_central(zerotier_stub, tmp_path):
+def test_the_zerotier_credential_authorizes_the_node_through_central(zerotier, tmp_path):
     home = tmp_path / "zerotier-one"
     home.mkdir()
-    (home / "authtoken.secret").write_text(zerotier_stub.token)
+    (home / "authtoken.secret").write_text(zerotier.node.token)
     egress_host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                   "zerotier_network_id": NWID, "zerotier_home": str(home), "zerotier_api_url": zerotier_stub.url,
+                   "zerotier_network_id": NWID, "zerotier_home": str(home), "zerotier_api_url": zerotier.node.url,
                    "zerotier_authorize": True, "zerotier_poll_interval": 0.2, "zerotier_wait_timeout": 30}
     job = Job(tmp_path / "zerotier", "zerotier.yml", inventory(["egress-1"], {"egress-1": egress_host}))
-    zerotier_credential(job, zerotier_stub)
+    zerotier_credential(job, zerotier.central)
     job.project_playbooks["zerotier.yml"] = [{
         "name": "Join and authorize the egress nodes (the zerotier role's join step)", "hosts": "egress_nodes",
         "gather_facts": False,
@@ -148,19 +151,19 @@ def test_the_zerotier_credential_authorizes_the_node_through_central(zerotier_st
 
     result = job.run()
 
-    central = [r for r in zerotier_stub.requests if r["path"].startswith("/api/v1/")]
+    central = [r for r in zerotier.central.requests if r["path"].startswith("/api/v1/")]
     assert_successful(result)
-    assert central and all(r["headers"].get("authorization") == "token %s" % zerotier_stub.central_token
+    assert central and all(r["headers"].get("authorization") == "token %s" % zerotier.central.token
                            for r in central)
     assert [r for r in central if r["method"] == "POST"], "nothing was posted to Central"
     member = [r for r in central if r["method"] == "POST"][-1]["body"]
     assert member["config"]["authorized"] is True
-    assert_no_secret(result, zerotier_stub.central_token)
+    assert_no_secret(result, zerotier.central.token)
 
 
-def test_without_a_way_to_the_api_server_the_deploy_job_fails_with_one_message(zerotier_stub, tmp_path):
+def test_without_a_way_to_the_api_server_the_deploy_job_fails_with_one_message(zerotier, tmp_path):
     job = Job(tmp_path / "deploy", "deploy.yml", inventory())
-    zerotier_credential(job, zerotier_stub)
+    zerotier_credential(job, zerotier.central)
 
     result = job.run()
 
@@ -176,4 +179,4 @@ def test_without_a_way_to_the_api_server_the_deploy_job_fails_with_one_message(z
         assert way in message
     assert failed[0]["play"] == "Egress gateway policy"
     assert {"ZeroTier on the cloud exits and egress nodes", "Cloud exits", "Egress nodes"} <= set(skipped_plays)
-    assert_no_secret(result, zerotier_stub.central_token)
+    assert_no_secret(result, zerotier.central.token)

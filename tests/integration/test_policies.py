@@ -59,7 +59,8 @@ def test_sets_are_accepted_by_the_server_and_a_second_run_changes_nothing(kube_a
     assert deny[0] == {"toEntities": ["kube-apiserver", "host", "remote-node"]}
     assert {"cidr": "169.254.0.0/16"} in deny[1]["toCIDRSet"]
     internet = objects[("NetworkPolicy", "allow-internet-egress")]["spec"]
-    assert internet["podSelector"] == {"matchLabels": {"liteboxd.io/internet-access": "true"}}
+    assert internet["podSelector"] == {"matchLabels": {"liteboxd.io/sandbox": "true",
+                                                       "liteboxd.io/internet-access": "true"}}
     rule = internet["egress"][0]
     assert "ports" not in rule  # no port list: every port and protocol
     assert rule["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
@@ -70,6 +71,26 @@ def test_sets_are_accepted_by_the_server_and_a_second_run_changes_nothing(kube_a
     hosts = objects[("CiliumNetworkPolicy", "allow-gateway-ingress-from-hosts")]["spec"]["ingress"][0]
     assert hosts["fromEntities"] == ["host", "remote-node"]
     assert hosts["toPorts"] == [{"ports": [{"port": "3000", "protocol": "TCP"}, {"port": "8080", "protocol": "TCP"}]}]
+
+
+def test_a_gateway_host_outside_the_cluster_is_admitted_by_its_address(kube_apiserver, kube_namespace):
+    """A host that is not a cluster node is neither Cilium's host nor remote-node entity: Cilium's CIDR
+    rules are what match "a network endpoint outside the cluster"."""
+    args = dict(auth(kube_apiserver), namespace=kube_namespace, gateway_sources=[],
+                gateway_source_cidrs=["10.20.0.40/32", "198.51.100.0/28"], gateway_ports=[8000])
+
+    first = run_module("sandbox_network_policies", args)
+    again = run_module("sandbox_network_policies", args)
+    objects = stored(kube_apiserver, kube_namespace)
+
+    assert again["changed"] is False
+    assert set(objects) == (BASE | INTERNET | {("CiliumNetworkPolicy", "allow-gateway-ingress-from-cidrs")}) - {
+        ("NetworkPolicy", "allow-gateway-ingress"), ("CiliumNetworkPolicy", "allow-gateway-ingress-from-hosts")}
+    spec = objects[("CiliumNetworkPolicy", "allow-gateway-ingress-from-cidrs")]["spec"]
+    assert spec["endpointSelector"] == {"matchLabels": {"liteboxd.io/sandbox": "true"}}
+    assert spec["ingress"] == [{"fromCIDRSet": [{"cidr": "10.20.0.40/32"}, {"cidr": "198.51.100.0/28"}],
+                                "toPorts": [{"ports": [{"port": "8000", "protocol": "TCP"}]}]}]
+    assert {p["name"] for p in first["policies"]} >= {"allow-gateway-ingress-from-cidrs"}
 
 
 def test_check_mode_reports_the_changes_with_a_diff_and_stores_nothing(kube_apiserver, kube_namespace):
@@ -201,6 +222,7 @@ def test_a_missing_namespace_is_created_and_only_planned_in_check_mode(kube_apis
     ({"gateway_ports": [0]}, "gateway_ports[0]: 0 is not a port number"),
     ({"gateway_pod_labels": {"app": "not a label value"}}, "gateway_pod_labels: the value 'not a label value'"),
     ({"gateway_sources": []}, "gateway_sources: name at least one"),
+    ({"gateway_source_cidrs": ["10.20.0.40"]}, "gateway_source_cidrs[0]: '10.20.0.40' has no prefix length"),
     ({"namespace": "Bad_Namespace"}, "namespace: 'Bad_Namespace' is not a valid name"),
     ({"gateway_bogus": 1}, "Unsupported parameters"),  # names gateway_bogus
     ({"gateway_sources": ["internet"]}, "gateway_sources"),

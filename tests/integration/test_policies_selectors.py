@@ -62,7 +62,9 @@ def test_policy_selectors_select_the_intended_pods(kube_apiserver, kube_namespac
     try:
         base = dict(auth(kube_apiserver), namespace=ns, wait=False, image="example.invalid/sandbox:1", ports=[8000])
         run_module("sandbox", dict(base, name="sbx-open", network={"allow_internet_access": True}))
-        run_module("sandbox", dict(base, name="sbx-closed", network={"allowed_domains": ["pypi.org"]}))
+        run_module("sandbox", dict(base, name="sbx-closed"))
+        domains_only = {"allow_internet_access": True, "allowed_domains": ["pypi.org"]}
+        run_module("sandbox", dict(base, name="sbx-domains", network=domains_only))
         for namespace, name, labels in ((ns, "gateway", {"app": "liteboxd-gateway"}),
                                         (ns, "coredns", {"k8s-app": "kube-dns"}),
                                         (other, "stray", {"liteboxd.io/internet-access": "true"})):
@@ -78,7 +80,7 @@ def test_policy_selectors_select_the_intended_pods(kube_apiserver, kube_namespac
         cnps = dict((p["metadata"]["name"], p) for p in custom.list_namespaced_custom_object(
             "cilium.io", "v2", ns, "ciliumnetworkpolicies")["items"])
         cegp = custom.get_cluster_custom_object("cilium.io", "v2", "ciliumegressgatewaypolicies", egress_name)
-        sandboxes = {ns + "/sbx-open", ns + "/sbx-closed"}
+        sandboxes = {ns + "/sbx-open", ns + "/sbx-closed", ns + "/sbx-domains"}
         everything = sandboxes | {ns + "/gateway", ns + "/coredns"}
 
         assert selected(core, nps["default-deny-all"]["spec"]["podSelector"], ns) == everything
@@ -86,10 +88,13 @@ def test_policy_selectors_select_the_intended_pods(kube_apiserver, kube_namespac
             assert selected(core, cnps[name]["spec"]["endpointSelector"], ns) == sandboxes, name
         assert selected(core, nps["allow-gateway-ingress"]["spec"]["podSelector"], ns) == sandboxes
         assert selected(core, nps["allow-internet-egress"]["spec"]["podSelector"], ns) == {ns + "/sbx-open"}
-        assert selected(core, cnps["allow-domains-sbx-closed"]["spec"]["endpointSelector"], ns) == {ns + "/sbx-closed"}
-        assert "allow-domains-sbx-open" not in cnps
-        # The egress gateway takes exactly the internet-enabled sandboxes, not the stray pod elsewhere.
-        assert selected(core, cegp["spec"]["selectors"][0]["podSelector"]) == {ns + "/sbx-open"}
+        # Internet with domains is those domains only (LiteBoxd's semantics): not the internet set.
+        assert selected(core, cnps["allow-domains-sbx-domains"]["spec"]["endpointSelector"], ns) == {
+            ns + "/sbx-domains"}
+        assert "allow-domains-sbx-open" not in cnps and "allow-domains-sbx-closed" not in cnps
+        # The egress gateway takes every sandbox, so whatever a policy allows out (the internet or the
+        # listed domains) leaves through the tunnel; not the stray pod elsewhere.
+        assert selected(core, cegp["spec"]["selectors"][0]["podSelector"]) == sandboxes
         # Peers: DNS goes to kube-dns only, ingress comes from the gateway pods only.
         dns_peer = cnps["allow-dns"]["spec"]["egress"][0]["toEndpoints"][0]
         assert selected(core, dns_peer) == {ns + "/coredns"}
@@ -98,10 +103,9 @@ def test_policy_selectors_select_the_intended_pods(kube_apiserver, kube_namespac
         assert [n.metadata.name for n in namespaces] == [ns]
         assert selected(core, peer["podSelector"], ns) == {ns + "/gateway"}
 
-        # Internet access withdrawn in place: the internet set and the egress gateway select nothing.
+        # Internet access withdrawn in place: the internet set selects nothing.
         run_module("sandbox", dict(base, name="sbx-open", network={"allow_internet_access": False}))
         assert selected(core, nps["allow-internet-egress"]["spec"]["podSelector"], ns) == set()
-        assert selected(core, cegp["spec"]["selectors"][0]["podSelector"]) == set()
         assert selected(core, cnps["deny-k8s-api"]["spec"]["endpointSelector"], ns) == sandboxes
     finally:
         run_module("egress_gateway_policy", dict(auth(kube_apiserver), name=egress_name, state="absent"))

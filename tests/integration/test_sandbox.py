@@ -96,30 +96,38 @@ def test_network_changes_in_place(kube_apiserver, kube_namespace):
     run_module("sandbox", args)
     uid = read_pod(kube_apiserver, kube_namespace, "sbx-1").metadata.uid
 
-    opened = run_module("sandbox", dict(args, network={"allow_internet_access": True,
-                                                       "allowed_domains": ["PyPI.org", "*.github.com"]}), diff=True)
+    opened = run_module("sandbox", dict(args, network={"allow_internet_access": True}))
     opened_pod = read_pod(kube_apiserver, kube_namespace, "sbx-1")
-    opened_policies = domain_policies(kube_apiserver, kube_namespace)
+    # LiteBoxd's semantics: internet access with domains is those domains only, not the internet.
+    narrowed = run_module("sandbox", dict(args, network={"allow_internet_access": True,
+                                                         "allowed_domains": ["PyPI.org", "*.github.com"]}), diff=True)
+    narrowed_pod = read_pod(kube_apiserver, kube_namespace, "sbx-1")
+    narrowed_policies = domain_policies(kube_apiserver, kube_namespace)
     steady = run_module("sandbox", dict(args, network={"allow_internet_access": True,
                                                        "allowed_domains": ["PyPI.org", "*.github.com"]}))
     closed = run_module("sandbox", dict(args, network={"allow_internet_access": False}))
     closed_pod = read_pod(kube_apiserver, kube_namespace, "sbx-1")
 
-    assert opened["changed"] is True
-    assert opened["actions"] == {"pod": "patched", "domain_policy": "created"}
+    assert opened["changed"] is True and opened["internet_access"] is True
+    assert opened["actions"] == {"pod": "patched", "domain_policy": "absent"}
     assert opened_pod.metadata.uid == uid
     assert opened_pod.metadata.labels["liteboxd.io/internet-access"] == "true"
-    policy = opened_policies["allow-domains-sbx-1"]
+    assert narrowed["changed"] is True and narrowed["internet_access"] is False
+    assert narrowed["actions"] == {"pod": "patched", "domain_policy": "created"}
+    assert narrowed_pod.metadata.uid == uid
+    assert "liteboxd.io/internet-access" not in narrowed_pod.metadata.labels
+    policy = narrowed_policies["allow-domains-sbx-1"]
     assert policy["metadata"]["labels"]["liteboxd.io/policy-set"] == "domains"
-    assert policy["spec"]["endpointSelector"] == {"matchLabels": {"liteboxd.io/sandbox-id": "sbx-1"}}
+    assert policy["spec"]["endpointSelector"] == {"matchLabels": {"liteboxd.io/sandbox": "true",
+                                                                  "liteboxd.io/sandbox-id": "sbx-1"}}
     assert policy["spec"]["egress"] == [{
         "toFQDNs": [{"matchName": "pypi.org"}, {"matchPattern": "*.github.com"}],
         "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}, {"port": "443", "protocol": "TCP"}]}]}]
-    pod_diff = next(d for d in opened["diff"] if d["after_header"].startswith("Pod"))
+    pod_diff = next(d for d in narrowed["diff"] if d["after_header"].startswith("Pod"))
     assert pod_diff["after"]["metadata"]["annotations"]["liteboxd.io/access-token"] == "<redacted>"
     assert steady["changed"] is False
     assert closed["changed"] is True
-    assert closed["actions"] == {"pod": "patched", "domain_policy": "deleted"}
+    assert closed["actions"] == {"pod": "unchanged", "domain_policy": "deleted"}  # the label went with the domains
     assert closed_pod.metadata.uid == uid
     assert "liteboxd.io/internet-access" not in closed_pod.metadata.labels
     assert "allow-domains-sbx-1" not in domain_policies(kube_apiserver, kube_namespace)
@@ -148,7 +156,8 @@ def test_a_spec_change_needs_recreate_which_keeps_the_token(kube_apiserver, kube
 
 
 def test_absent_deletes_the_pod_and_its_domain_policy(kube_apiserver, kube_namespace):
-    args = sandbox_args(kube_apiserver, kube_namespace, network={"allowed_domains": ["example.com"]})
+    args = sandbox_args(kube_apiserver, kube_namespace,
+                        network={"allow_internet_access": True, "allowed_domains": ["example.com"]})
     run_module("sandbox", args)
 
     removed = run_module("sandbox", dict(args, state="absent", wait=True))
@@ -162,8 +171,9 @@ def test_absent_deletes_the_pod_and_its_domain_policy(kube_apiserver, kube_names
 
 
 def test_check_mode_creates_nothing_and_returns_no_token(kube_apiserver, kube_namespace):
-    planned = run_module("sandbox", sandbox_args(kube_apiserver, kube_namespace,
-                                                 network={"allowed_domains": ["example.com"]}), check=True, diff=True)
+    planned = run_module("sandbox", sandbox_args(
+        kube_apiserver, kube_namespace, network={"allow_internet_access": True, "allowed_domains": ["example.com"]}),
+        check=True, diff=True)
 
     assert planned["changed"] is True
     assert "access_token" not in planned
@@ -225,14 +235,22 @@ def test_a_wait_timeout_on_an_unchanged_sandbox_reports_no_change(kube_apiserver
 
 @pytest.mark.parametrize("bad, message", [
     ({"name": "Sbx_1"}, "name: 'Sbx_1' is not a valid name"),
-    ({"network": {"allowed_domains": ["a.*.example.com"]}}, "network.allowed_domains[0]: 'a.*.example.com' is not"),
-    ({"network": {"allowed_domains": ["https://example.com"]}}, "network.allowed_domains[0]"),
-    ({"network": {"allowed_domains": ["*"]}}, "network.allowed_domains[0]: '*' is not a domain name"),
-    ({"network": {"allowed_domains": ["10.0.0.1"]}}, "network.allowed_domains[0]: '10.0.0.1'"),
+    ({"network": {"allow_internet_access": True, "allowed_domains": ["a.*.example.com"]}},
+     "network.allowed_domains[0]: 'a.*.example.com' is not"),
+    ({"network": {"allow_internet_access": True, "allowed_domains": ["https://example.com"]}},
+     "network.allowed_domains[0]"),
+    ({"network": {"allow_internet_access": True, "allowed_domains": ["*"]}},
+     "network.allowed_domains[0]: '*' is not a domain name"),
+    ({"network": {"allow_internet_access": True, "allowed_domains": ["10.0.0.1"]}},
+     "network.allowed_domains[0]: '10.0.0.1'"),
+    # LiteBoxd's semantics: without internet access a sandbox reaches nothing, domains or not.
+    ({"network": {"allowed_domains": ["pypi.org"]}},
+     "network.allowed_domains: needs network.allow_internet_access: true"),
     ({"network": {"allow_internet": True}}, "allow_internet"),
     ({"ports": [65536]}, "ports[0]: 65536 is not a port number"),
     ({"resources": {"limit": {"cpu": "1"}}}, "resources: unknown field 'limit'"),
     ({"labels": {"liteboxd.io/internet-access": "true"}}, "labels: 'liteboxd.io/internet-access' is set by the"),
+    ({"profile": "liteboxd", "labels": {"sandbox-id": "other"}}, "labels: 'sandbox-id' is set by the"),
     ({"image": None}, "image: required with state=present"),
     ({"bogus": 1}, "Unsupported parameters"),
 ])

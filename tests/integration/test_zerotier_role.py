@@ -1,9 +1,11 @@
-"""The zerotier role's join logic (tasks/join.yml) run by ansible-playbook against the API stub.
+"""The zerotier role's join and leave logic run by ansible-playbook against the ZeroTier stub.
 
 Installing the package and starting the service need Debian + systemd (the Molecule scenario
-covers them); what runs here is everything after: reading authtoken.secret, join, authorize through
-the controller API, wait for OK with an address, the published facts, idempotence and check mode.
-The role's first-task validation of zerotier_network_id runs through the role's main entry point.
+covers them, with a stand-in daemon that carries packets); what runs here is everything after:
+join, authorize on the controller (the token read from a file where the call runs), wait for OK
+with an address, the published facts, idempotence, check mode, leaving through the API, and the
+role's first-task validations. The stub behaves like zerotier-one 1.14.1 (docs/zerotier.md): the
+node and the controller are two daemons, with the real daemon's status sequence.
 """
 import json
 import os
@@ -12,11 +14,12 @@ import sys
 
 import pytest
 
+from tests.integration.conftest import ZEROTIER_NODE, ZEROTIER_NWID
 from tests.lib.collection import REPO
-from tests.lib.zerotier_stub import ZeroTierStub
+from tests.lib.zerotier_stub import device_name
 
-NWID = "8056c2e21c000001"
-NODE = "0deadbeef1"
+NWID = ZEROTIER_NWID
+NODE = ZEROTIER_NODE
 
 PLAYBOOK = """
 - hosts: localhost
@@ -37,28 +40,22 @@ PLAYBOOK = """
           zerotier_addresses: "{{ zerotier_addresses | default([]) }}"
 """
 
+ABSENT_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Run the zerotier role's leave tasks
+      ansible.builtin.include_role:
+        name: liteboxd.sandbox_network.zerotier
+        tasks_from: absent.yml
+"""
+
 VALIDATE_PLAYBOOK = """
 - hosts: localhost
   gather_facts: false
   roles:
     - role: liteboxd.sandbox_network.zerotier
 """
-
-
-@pytest.fixture
-def stub():
-    server = ZeroTierStub(node_address=NODE, config_polls=2).start()
-    server.add_network(NWID, "10.147.17.0/24", private=True)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def zerotier_home(tmp_path, stub):
-    home = tmp_path / "zerotier-one"
-    home.mkdir()
-    (home / "authtoken.secret").write_text(stub.token)
-    return home
 
 
 def run_playbook(tmp_path, playbook, extra_vars, check=False, diff=False):
@@ -92,77 +89,167 @@ def task_results(output):
     return results
 
 
-def role_vars(stub, home, **extra):
-    values = dict(zerotier_network_id=NWID, zerotier_api_url=stub.url, zerotier_home=str(home),
+def role_vars(world, **extra):
+    values = dict(zerotier_network_id=NWID, zerotier_api_url=world.node.url, zerotier_home=str(world.node_home),
                   zerotier_poll_interval=0.05, zerotier_wait_timeout=30, zerotier_authorize=True,
-                  zerotier_member_api="controller", zerotier_member_api_url=stub.url,
+                  zerotier_member_api="controller", zerotier_member_api_url=world.controller.url,
+                  zerotier_member_api_token_file=str(world.controller_home / "authtoken.secret"),
                   zerotier_member_delegate_to="localhost", zerotier_member_name="egress-1")
     values.update(extra)
     return values
 
 
-def test_join_authorize_wait_publishes_facts_and_is_idempotent(tmp_path, stub, zerotier_home):
-    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(stub, zerotier_home))
+def test_join_authorize_wait_publishes_facts_and_is_idempotent(tmp_path, world):
+    """[REC-1] the node's join makes its record on the controller; the role authorizes it. [SVC-8] the
+    device is named from the network id."""
+    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(world))
     assert rc == 0, output
     results = task_results(output)
+    address = world.controller.controller.members[(NWID, NODE)]["ipAssignments"][0]
     assert results["Show the published facts"]["msg"] == {
-        "zerotier_node_id": NODE, "zerotier_device": "zt" + NWID[-8:],
-        "zerotier_address": "10.147.17.10", "zerotier_addresses": ["10.147.17.10"]}
+        "zerotier_node_id": NODE, "zerotier_device": device_name(NWID),
+        "zerotier_address": address, "zerotier_addresses": [address]}
     assert results["Join the network"]["changed"] is True
     assert results["Authorize this node on the network's controller"]["changed"] is True
-    member_posts = [r for r in stub.mutating_requests() if r["path"].startswith("/controller/")]
+    member_posts = world.controller.mutating_requests()
     assert [r["body"] for r in member_posts] == [{"authorized": True, "name": "egress-1"}]
-    # The controller token was read from zerotier_home on the delegate host (the same file here).
-    assert member_posts[0]["headers"]["x-zt1-auth"] == stub.token
-    # The token never reaches the output.
-    assert stub.token not in json.dumps(output)
+    # The controller's token was read from its file where the call ran (the delegate), not passed around.
+    assert member_posts[0]["headers"]["x-zt1-auth"] == world.controller.token
+    assert world.controller.token not in json.dumps(output) and world.node.token not in json.dumps(output)
 
-    stub.requests.clear()
-    rc, again = run_playbook(tmp_path, PLAYBOOK, role_vars(stub, zerotier_home))
+    world.node.requests.clear()
+    world.controller.requests.clear()
+    rc, again = run_playbook(tmp_path, PLAYBOOK, role_vars(world))
     assert rc == 0
     assert again["stats"]["localhost"]["changed"] == 0
-    assert stub.mutating_requests() == []
+    assert world.node.mutating_requests() == [] and world.controller.mutating_requests() == []
 
-    rc, checked = run_playbook(tmp_path, PLAYBOOK, role_vars(stub, zerotier_home), check=True, diff=True)
+    rc, checked = run_playbook(tmp_path, PLAYBOOK, role_vars(world), check=True, diff=True)
     assert rc == 0 and checked["stats"]["localhost"]["changed"] == 0
-    assert task_results(checked)["Show the published facts"]["msg"]["zerotier_address"] == "10.147.17.10"
+    assert task_results(checked)["Show the published facts"]["msg"]["zerotier_address"] == address
 
 
-def test_check_mode_on_a_fresh_node_predicts_join_and_authorization_without_posting(tmp_path, stub, zerotier_home):
-    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(stub, zerotier_home), check=True, diff=True)
+def test_the_join_sequence_does_not_rely_on_the_time_between_tasks(tmp_path, make_world):
+    """Issue 16, item 1. [TIME-2] a denied node keeps reporting ACCESS_DENIED after its authorization, here
+    for longer than Ansible takes between the authorization and the wait: the role still succeeds."""
+    world = make_world(authorize_delay=5.0)
+    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(world, zerotier_settle=15))
+    assert rc == 0, output
+    assert task_results(output)["Show the published facts"]["msg"]["zerotier_device"] == device_name(NWID)
+    statuses = [r for r in world.node.requests if r["path"] == "/network/" + NWID and r["method"] == "GET"]
+    assert len(statuses) > 3  # it read the late ACCESS_DENIED and waited it out
+
+
+def test_check_mode_on_a_fresh_node_predicts_join_and_authorization_without_posting(tmp_path, world):
+    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(world), check=True, diff=True)
     assert rc == 0, output
     results = task_results(output)
     assert results["Join the network"]["changed"] is True
     assert results["Authorize this node on the network's controller"]["changed"] is True
-    assert stub.mutating_requests() == []
-    assert stub.joined == {} and stub.members == {}
+    assert world.node.mutating_requests() == [] and world.controller.mutating_requests() == []
+    assert world.node.node.joins == {} and world.controller.controller.members == {}
 
 
-def test_unauthorized_node_fails_with_the_authorize_message(tmp_path, stub, zerotier_home):
-    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(stub, zerotier_home, zerotier_authorize=False))
+def test_unauthorized_node_fails_with_the_authorize_message(tmp_path, world):
+    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(world, zerotier_authorize=False, zerotier_settle=1))
     assert rc != 0
     failed = task_results(output)["Wait until the network is OK with an assigned address"]
     assert "authorize node %s on network %s" % (NODE, NWID) in failed["msg"]
 
 
+def test_a_ping_that_gets_no_answer_fails_naming_the_device_and_the_target(tmp_path, world):
+    """The role proves traffic, not only status ([TIME-3]: a de-authorized node reports OK for up to a
+    minute). Here nothing answers (the stub has no data path): the failure names device and target."""
+    rc, output = run_playbook(tmp_path, PLAYBOOK, role_vars(world, zerotier_ping_targets=["192.0.2.7"],
+                                                            zerotier_ping_timeout=2))
+    assert rc != 0
+    failed = task_results(output)["Prove the tunnel carries traffic"]
+    assert "192.0.2.7" in failed["msg"] and device_name(NWID) in failed["msg"]
+
+
+def test_absent_leaves_through_the_api_whatever_started_the_daemon(tmp_path, world):
+    """Issue 16, item 6. No systemd unit runs this daemon, but its API answers: the role leaves through
+    it. [SVC-6] then [SVC-7] (a second leave finds nothing to do)."""
+    world.node.node.join(NWID, {}, 0)
+    rc, output = run_playbook(tmp_path, ABSENT_PLAYBOOK, role_vars(world))
+    assert rc == 0, output
+    assert task_results(output)["Leave the ZeroTier network"]["changed"] is True
+    assert [(r["method"], r["path"]) for r in world.node.mutating_requests()] == [("DELETE", "/network/" + NWID)]
+    assert world.node.node.joins == {}
+
+    rc, again = run_playbook(tmp_path, ABSENT_PLAYBOOK, role_vars(world))
+    assert rc == 0 and again["stats"]["localhost"]["changed"] == 0
+
+
+def test_absent_with_a_silent_api_says_it_could_not_leave(tmp_path, world):
+    world.node.stop()
+    rc, output = run_playbook(tmp_path, ABSENT_PLAYBOOK, role_vars(world))
+    assert rc == 0, output
+    message = task_results(output)["Say why the network could not be left"]["msg"]
+    assert "does not answer" in message and NWID in message
+
+
 @pytest.mark.parametrize("bad", ["8056c2e21c00001", "8056c2e21c0000011", "not-hex-at-all!!", ""])
-def test_bad_network_id_fails_in_the_first_task_naming_the_variable(tmp_path, stub, zerotier_home, bad):
-    rc, output = run_playbook(tmp_path, VALIDATE_PLAYBOOK, role_vars(stub, zerotier_home, zerotier_network_id=bad))
+def test_bad_network_id_fails_in_the_first_task_naming_the_variable(tmp_path, world, bad):
+    rc, output = run_playbook(tmp_path, VALIDATE_PLAYBOOK, role_vars(world, zerotier_network_id=bad))
     assert rc != 0
     results = task_results(output)
     failed = [(name, r) for name, r in results.items() if r.get("failed")]
     assert [name for name, result in failed] == ["Validate the zerotier role variables"]
     assert "zerotier_network_id must be a ZeroTier network id, exactly 16 hexadecimal" in failed[0][1]["msg"]
-    assert stub.requests == []
+    assert world.node.requests == [] and world.controller.requests == []
 
 
-def test_central_without_a_token_is_refused_before_anything_runs(tmp_path, stub, zerotier_home):
-    rc, output = run_playbook(tmp_path, VALIDATE_PLAYBOOK,
-                              role_vars(stub, zerotier_home, zerotier_member_api="central"))
+def test_central_without_a_token_is_refused_before_anything_runs(tmp_path, world):
+    rc, output = run_playbook(tmp_path, VALIDATE_PLAYBOOK, role_vars(world, zerotier_member_api="central"))
     assert rc != 0
     failed = [r for r in task_results(output).values() if r.get("failed")]
     assert failed[0]["msg"] == "zerotier_member_api_token is required when zerotier_member_api is central."
-    assert stub.requests == []
+    assert world.node.requests == []
+
+
+def test_a_remote_controller_over_plain_http_is_refused_before_anything_runs(tmp_path, world):
+    """Issue 13, item 11. [AUTH-3] zerotier-one answers its API on loopback only unless allowManagementFrom
+    opens it, and then the token crosses the network in clear: the role refuses, and says to run the
+    calls on the controller host instead."""
+    rc, output = run_playbook(tmp_path, VALIDATE_PLAYBOOK, role_vars(world, zerotier_member_api_url="http://10.20.0.5:9993"))
+    assert rc != 0
+    failed = [r for r in task_results(output).values() if r.get("failed")]
+    message = failed[0]["msg"]
+    assert "zerotier_member_api_url (http://10.20.0.5:9993)" in message
+    assert "zerotier_member_delegate_to" in message and "zerotier_api_private_link" in message
+    assert world.node.requests == [] and world.controller.requests == []
+
+
+def test_opening_the_api_to_other_hosts_is_refused_without_a_private_link(tmp_path, world):
+    """[AUTH-3] allowManagementFrom beyond loopback in zerotier_local_conf would put this node's token on
+    the network in clear: refused unless zerotier_api_private_link says the link is private."""
+    local_conf = {"settings": {"allowManagementFrom": ["127.0.0.1/32", "10.20.0.0/24"]}}
+    rc, output = run_playbook(tmp_path, VALIDATE_PLAYBOOK, role_vars(world, zerotier_local_conf=local_conf))
+    assert rc != 0
+    failed = [r for r in task_results(output).values() if r.get("failed")]
+    assert "opens zerotier-one's API to 10.20.0.0/24" in failed[0]["msg"]
+    assert "zerotier_api_private_link" in failed[0]["msg"]
+    assert world.node.requests == []
+
+
+@pytest.mark.parametrize("extra", [
+    {"zerotier_local_conf": {"settings": {"allowManagementFrom": ["127.0.0.1/32", "::1"]}}},
+    {"zerotier_local_conf": {"settings": {"allowManagementFrom": ["10.20.0.0/24"]}}, "zerotier_api_private_link": True},
+    {"zerotier_member_api_url": "http://10.20.0.5:9993", "zerotier_api_private_link": True},
+    {"zerotier_member_api_url": "https://zt-controller.example.internal"},
+    {"zerotier_member_api_url": "http://127.0.0.1:9993"},
+    {"zerotier_member_api_url": ""},
+])
+def test_a_local_tls_or_declared_private_controller_url_passes_validation(tmp_path, world, extra):
+    play = VALIDATE_PLAYBOOK.replace("  roles:\n    - role: liteboxd.sandbox_network.zerotier\n", """  tasks:
+    - name: Validate only
+      ansible.builtin.include_role:
+        name: liteboxd.sandbox_network.zerotier
+        tasks_from: validate.yml
+""")
+    rc, output = run_playbook(tmp_path, play, role_vars(world, **extra))
+    assert rc == 0, output
 
 
 INSTALL_PLAYBOOK = """

@@ -72,7 +72,8 @@ def test_internet_set_is_every_public_destination_on_every_port():
     (policy,) = m.internet_policies(namespace="ns")
     assert policy["metadata"]["labels"]["liteboxd.io/policy-set"] == "internet"
     assert policy["spec"] == {
-        "podSelector": {"matchLabels": {"liteboxd.io/internet-access": "true"}}, "policyTypes": ["Egress"],
+        "podSelector": {"matchLabels": {"liteboxd.io/sandbox": "true", "liteboxd.io/internet-access": "true"}},
+        "policyTypes": ["Egress"],
         "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(m.PRIVATE_CIDRS)}}]}]}
     (open_policy,) = m.internet_policies(private_cidrs=[])
     assert open_policy["spec"]["egress"][0]["to"][0]["ipBlock"] == {"cidr": "0.0.0.0/0"}
@@ -84,7 +85,7 @@ def test_domain_policy_uses_fqdns_on_80_and_443_for_one_sandbox():
     expected_labels = {"liteboxd.io/policy-set": "domains", "liteboxd.io/sandbox-id": "sbx-1"}
     assert policy["metadata"]["labels"] == dict(MANAGED, **expected_labels)
     assert policy["spec"] == {
-        "endpointSelector": {"matchLabels": {"liteboxd.io/sandbox-id": "sbx-1"}},
+        "endpointSelector": {"matchLabels": {"liteboxd.io/sandbox": "true", "liteboxd.io/sandbox-id": "sbx-1"}},
         "egress": [{"toFQDNs": [{"matchName": "pypi.org"}, {"matchPattern": "*.github.com"}],
                     "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}, {"port": "443", "protocol": "TCP"}]}]}]}
 
@@ -102,16 +103,16 @@ def test_egress_gateway_policy_single_and_multi_gateway_forms():
     assert single["metadata"]["name"] == "liteboxd-sandbox-egress-via-node"
     assert "namespace" not in single["metadata"]  # cluster-scoped
     assert single["spec"] == {
-        "selectors": [{"podSelector": {"matchLabels": {"liteboxd.io/internet-access": "true",
+        "selectors": [{"podSelector": {"matchLabels": {"liteboxd.io/sandbox": "true",
                                                        "io.kubernetes.pod.namespace": "liteboxd-sandbox"}}}],
         "destinationCIDRs": ["0.0.0.0/0"],
         "egressGateway": {"nodeSelector": {"matchLabels": {"liteboxd.io/role": "egress"}}, "egressIP": "10.147.17.5"},
         "excludedCIDRs": list(m.PRIVATE_CIDRS)}
     multi = m.egress_gateway_policy([
-        {"node_selector": {"h": "a"}, "egress_ip": "10.0.0.1", "interface": "zt0"},
+        {"node_selector": {"h": "a"}, "interface": "zt0"},
         {"node_selector": {"h": "b"}, "egress_ip": "10.0.0.2"}], excluded_cidrs=[])
     assert multi["spec"]["egressGateway"] == multi["spec"]["egressGateways"][0]
-    assert multi["spec"]["egressGateways"][0]["interface"] == "zt0"
+    assert multi["spec"]["egressGateways"][0] == {"nodeSelector": {"matchLabels": {"h": "a"}}, "interface": "zt0"}
     assert len(multi["spec"]["egressGateways"]) == 2
     assert "excludedCIDRs" not in multi["spec"]
 
@@ -191,7 +192,7 @@ def test_label_checks():
     with pytest.raises(m.ManifestError, match="labels: 'bad key!' is not a valid label key"):
         m.check_labels({"bad key!": "x"}, "labels")
     with pytest.raises(m.ManifestError, match="cannot be overridden"):
-        m.check_labels({"liteboxd.io/sandbox": "false"}, "labels", reserved=m.RESERVED_LABELS)
+        m.check_labels({"liteboxd.io/sandbox": "false"}, "labels", reserved=m.DEFAULT_PROFILE.reserved_labels)
 
 
 def test_resources_only_requests_and_limits():

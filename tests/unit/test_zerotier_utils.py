@@ -11,6 +11,7 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.zerotier 
     _api_message,
     _retry_after_seconds,
     canonical_ip_assignments,
+    cleartext_remote,
     member_client,
     read_token_file,
     validate_network_id,
@@ -82,10 +83,26 @@ def test_clients_send_their_own_auth_header():
     (b'{"error": "401 Unauthorized"}', "401 Unauthorized"),
     (b'{"error": {"message": "nested"}}', "nested"),
     (b"plain text failure", "plain text failure"),
-    (b"", "(empty body)"),
+    (b"", None),      # zerotier-one's 404 when no route matches, and the controller's 404s
+    (b"{}", None),    # zerotier-one's 401
+    (b"  \n", None),
 ])
-def test_api_message_takes_the_api_text(body, message):
+def test_api_message_takes_the_api_text_and_nothing_from_an_empty_body(body, message):
+    """[AUTH-2] [CTL-6] bodies that say nothing give no message text."""
     assert _api_message(body) == message
+
+
+@pytest.mark.parametrize("url, clear", [
+    ("http://127.0.0.1:9993", False),
+    ("http://localhost:9993", False),
+    ("http://[::1]:9993", False),
+    ("https://zt-controller.example.internal", False),
+    ("http://10.20.0.5:9993", True),
+    ("http://zt-controller.example.internal:9993", True),
+])
+def test_cleartext_remote_is_plain_http_off_this_host(url, clear):
+    """[AUTH-3] the token travels in a header: plain HTTP to another host carries it in clear."""
+    assert cleartext_remote(url) is clear
 
 
 def test_retry_after_reads_seconds_and_dates():

@@ -28,6 +28,7 @@ cdef class HttpExchange(Exchange):
 
 cdef class Admitted:
     cdef public object route
+    cdef public str pod_name
     cdef public str pod_ip
     cdef public str target
     cdef public object cookies

@@ -16,12 +16,13 @@ import re
 from aiohttp import web
 
 from . import auth, logs
-from .headers import WEBSOCKET_HANDSHAKE, forwarded_request_fields, upstream_request_headers
+from .headers import WEBSOCKET_HANDSHAKE, forwarded_request_fields
 from .limits import SandboxLimits
 from .proxy import HttpProxy, UpstreamError
 from .routing import RouteError, resolve
 from .version import __version__
-from .websocket import Relay, client_protocols, connect_upstream, websocket_upstream
+from .websocket import client_protocols, connect_upstream, websocket_upstream
+from .wsrelay import Relay
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNAUTHORIZED = "unauthorized"
@@ -65,12 +66,13 @@ class Rejected(Exception):
 
 
 class Admitted:
-    """A request that may go to its sandbox: where to, and what is left of its token carriers."""
+    """A request that may go to its sandbox: where to (the Pod's name and address), and what is
+    left of its token carriers."""
 
-    __slots__ = ("route", "pod_ip", "target", "cookies")
+    __slots__ = ("route", "pod_name", "pod_ip", "target", "cookies")
 
-    def __init__(self, route, pod_ip, target, cookies):
-        self.route, self.pod_ip, self.target, self.cookies = route, pod_ip, target, cookies
+    def __init__(self, route, pod_name, pod_ip, target, cookies):
+        self.route, self.pod_name, self.pod_ip, self.target, self.cookies = route, pod_name, pod_ip, target, cookies
 
 
 def error_body(message: str) -> bytes:
@@ -107,8 +109,6 @@ class Gateway:
     async def close(self):
         if self.proxy is not None:
             self.proxy.close()
-        if self.websocket_upstream is not None:
-            await self.websocket_upstream.close()
 
     def begin_drain(self):
         """Report not-ready from now on and close WebSockets (they would outlive any drain)."""
@@ -145,7 +145,7 @@ class Gateway:
         """Route, look up, authenticate and limit. Returns Admitted (holding a connection slot
         the caller releases), None for the gateway's own paths, or raises Rejected."""
         try:
-            route = resolve(raw_path, headers, self.config.domain)
+            route = resolve(raw_path, headers, self.config.domain, self.config.path_prefix)
         except RouteError as exc:
             exchange.form = "invalid"
             raise self._reject(exchange, 400, "bad_route", str(exc)) from None
@@ -185,7 +185,7 @@ class Gateway:
             raise self._reject(exchange, 429, "rate_limited", "too many requests")
         if not self.limits.acquire(route.sandbox_id):
             raise self._reject(exchange, 429, "too_many_connections", "too many open connections")
-        return Admitted(route, sandbox.pod_ip, target, cookies)
+        return Admitted(route, sandbox.name, sandbox.pod_ip, target, cookies)
 
     def _own_endpoint(self, method, raw_path, exchange):
         """The gateway's own paths: (status, text) or Rejected."""
@@ -330,40 +330,41 @@ class Gateway:
                 rejected = self._reject(exchange, 400, "bad_websocket_handshake")
                 return error_response(rejected.status, str(rejected), exchange.request_id)
             peer = request.transport.get_extra_info("peername") if request.transport else None
-            headers = upstream_request_headers(request.headers, admitted.cookies, peer[0] if peer else "",
-                                               self.config, admitted.route, WEBSOCKET_HANDSHAKE)
-            headers["X-Request-Id"] = exchange.request_id
-            return await self._relay(request, exchange, admitted, headers)
+            fields = forwarded_request_fields(request.headers, admitted.cookies, peer[0] if peer else "",
+                                              self.config, admitted.route, WEBSOCKET_HANDSHAKE)
+            return await self._relay(request, exchange, admitted, fields)
         finally:
             self.limits.release(admitted.route.sandbox_id)
 
-    async def _relay(self, request, exchange, admitted, headers):
+    async def _relay(self, request, exchange, admitted, fields):
+        # http1.ClientConnection handed the connection over with a wsrelay.ClientSide as its Protocol.
+        client_side = request.transport.get_protocol()
         try:
-            # The cache is keyed by Pod name: the sandbox id is the Pod's name.
-            upstream = await connect_upstream(self.websocket_upstream, admitted.route.sandbox_id, admitted.pod_ip,
-                                              admitted.route.port, admitted.target, headers,
+            upstream = await connect_upstream(self.websocket_upstream, admitted.pod_name, admitted.pod_ip,
+                                              admitted.route.port, admitted.target, fields, exchange.request_id,
                                               client_protocols(request.headers), self.config, self.metrics)
         except UpstreamError as exc:
             self.metrics.upstream_errors.inc(exc.kind)
             exchange.error = str(exc)
             return error_response(exc.status, str(exc), exchange.request_id)
-        relay = Relay(self.config, self.metrics)
+        relay = Relay(self.config, client_side, upstream)
         try:
-            # Offer the client only what the sandbox chose.
+            # Offer the client only what the sandbox chose. aiohttp answers the handshake; the relay
+            # reads the connection from then on, so aiohttp's own WebSocket reader never gets a byte.
             client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
-                                           autoclose=False, autoping=True, compress=False, decode_text=False,
-                                           max_msg_size=self.config.ws_max_message_size, timeout=5.0)
+                                           compress=False)
             await client.prepare(request)
             exchange.status = 101
             self.relays.add(relay)
             self.metrics.active_websockets.add(1)
             try:
-                reason = await relay.run(client, upstream)
+                reason = await relay.run()
             finally:
                 self.relays.discard(relay)
                 self.metrics.active_websockets.add(-1)
             self.metrics.websockets.inc(reason)
-            exchange.error = None if reason.endswith("closed") else reason
+            exchange.error = "client went away" if reason == "client_gone" else (
+                None if reason.endswith("closed") else reason)
             return client
         finally:
-            await upstream.close()
+            relay.abort()

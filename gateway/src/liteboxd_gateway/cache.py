@@ -22,7 +22,7 @@ log = logging.getLogger("liteboxd_gateway.cache")
 
 
 class Sandbox:
-    """What the gateway needs of one sandbox Pod."""
+    """What the gateway needs of one sandbox Pod (``name`` is the Pod's)."""
 
     __slots__ = ("name", "pod_ip", "ready", "token", "token_sha256")
 
@@ -58,44 +58,81 @@ class ApiError(Exception):
 
 
 class SandboxCache:
-    """Sandbox name -> Sandbox, with callbacks for sandboxes that disappear."""
+    """Sandbox id -> Sandbox, with callbacks for sandboxes that disappear.
 
-    def __init__(self):
-        self._sandboxes = {}
+    The id is the Pod's name, or with ``id_label`` the value of that label on the Pod. Then several
+    Pods may carry one id (LiteBoxd's persistent sandboxes are a Deployment's Pods, with generated
+    names, two of them during a restart): requests go to a Ready one, else to the newest.
+    """
+
+    def __init__(self, id_label: str = ""):
+        self.id_label = id_label
+        self._sandboxes = {}  # id -> the Sandbox requests go to
+        self._members = {}  # id -> {Pod name: (Sandbox, creationTimestamp)}
+        self._ids = {}  # Pod name -> id
         self.synced = False
         self.on_removed = []
 
-    def get(self, name: str):
-        return self._sandboxes.get(name)
+    def get(self, sandbox_id: str):
+        return self._sandboxes.get(sandbox_id)
 
     def __len__(self):
         return len(self._sandboxes)
 
     def apply(self, event_type: str, pod: dict):
-        name = (pod.get("metadata") or {}).get("name")
+        metadata = pod.get("metadata") or {}
+        name = metadata.get("name")
         if not name:
             return
-        if event_type == "DELETED":
-            if self._sandboxes.pop(name, None) is not None:
-                self._removed(name)
-        else:
-            self._sandboxes[name] = Sandbox.from_pod(pod)
+        sandbox_id = self._forget(name) if event_type == "DELETED" else self._put(name, metadata, pod)
+        if sandbox_id is not None:
+            self._choose(sandbox_id, notify=True)
 
     def replace(self, pods):
-        fresh = {}
+        before = set(self._sandboxes)
+        self._sandboxes, self._members, self._ids = {}, {}, {}
         for pod in pods:
-            sandbox = Sandbox.from_pod(pod)
-            if sandbox.name:
-                fresh[sandbox.name] = sandbox
-        gone = self._sandboxes.keys() - fresh.keys()
-        self._sandboxes = fresh
+            metadata = pod.get("metadata") or {}
+            if metadata.get("name"):
+                self._put(metadata["name"], metadata, pod)
+        for sandbox_id in list(self._members):
+            self._choose(sandbox_id, notify=False)
         self.synced = True
-        for name in gone:
-            self._removed(name)
+        for sandbox_id in before - self._sandboxes.keys():
+            self._removed(sandbox_id)
 
-    def _removed(self, name):
+    def _put(self, name, metadata, pod):
+        """Record the Pod; returns its sandbox id (or the one it left), None when it has neither."""
+        sandbox_id = (metadata.get("labels") or {}).get(self.id_label) if self.id_label else name
+        previous = self._ids.get(name)
+        if previous is not None and previous != sandbox_id:
+            self._forget(name)
+            self._choose(previous, notify=True)
+        if not sandbox_id:
+            return None
+        self._ids[name] = sandbox_id
+        self._members.setdefault(sandbox_id, {})[name] = (Sandbox.from_pod(pod), metadata.get("creationTimestamp") or "")
+        return sandbox_id
+
+    def _forget(self, name):
+        sandbox_id = self._ids.pop(name, None)
+        if sandbox_id is not None:
+            self._members[sandbox_id].pop(name, None)
+        return sandbox_id
+
+    def _choose(self, sandbox_id, notify):
+        members = self._members.get(sandbox_id)
+        if members:
+            # Ready first, then the newest (RFC 3339 timestamps of one server sort as text).
+            self._sandboxes[sandbox_id] = max(members.values(), key=lambda member: (member[0].ready, member[1]))[0]
+            return
+        self._members.pop(sandbox_id, None)
+        if self._sandboxes.pop(sandbox_id, None) is not None and notify:
+            self._removed(sandbox_id)
+
+    def _removed(self, sandbox_id):
         for callback in self.on_removed:
-            callback(name)
+            callback(sandbox_id)
 
 
 class PodWatcher:

@@ -5,10 +5,22 @@ the environment. Values are checked here, so a bad setting stops the gateway bef
 """
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
 
+from .routing import PATH_PREFIX
+
 ENV_PREFIX = "LITEBOXD_GATEWAY_"
+# What --profile sets when the flag itself is not given: which Pods are sandboxes, the path form's
+# prefix, and the label whose value is the sandbox id (empty: the Pod's name). liteboxd is how
+# LiteBoxd's server makes its Pods (sandbox-<id>, labels app=liteboxd and sandbox-id=<id>) and the
+# route of its gateway (/api/v1/sandbox/:sandbox/port/:port/*).
+PROFILES = {
+    "default": {"label_selector": "liteboxd.io/sandbox=true", "path_prefix": PATH_PREFIX, "sandbox_id_label": ""},
+    "liteboxd": {"label_selector": "app=liteboxd", "path_prefix": "/api/v1/sandbox/", "sandbox_id_label": "sandbox-id"},
+}
+LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 WEBSOCKET_UPSTREAMS = ("direct", "apiserver")
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -58,6 +70,9 @@ class Config:
 
     listen_host: str = "0.0.0.0"
     port: int = 8080
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    allow_plain_http: bool = False
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     workers: int = 1
@@ -66,7 +81,10 @@ class Config:
     kubeconfig: str = ""
     kube_context: str = ""
     namespace: str = "liteboxd-sandbox"
-    label_selector: str = "liteboxd.io/sandbox=true"
+    profile: str = "default"
+    label_selector: str = PROFILES["default"]["label_selector"]
+    path_prefix: str = PROFILES["default"]["path_prefix"]
+    sandbox_id_label: str = PROFILES["default"]["sandbox_id_label"]
     domain: str = ""
     allowed_ports: PortRanges = PortRanges(((1, 65535),))
     upstream_connect_timeout: float = 5.0
@@ -119,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(flag, kind, help_text, choices=None):
         field = flag.lstrip("-").replace("-", "_")
-        default = getattr(defaults, field)
+        # A setting --profile decides stays None when not given, so load() can tell.
+        default = None if field in PROFILES["default"] else getattr(defaults, field)
         env = os.environ.get(_env_name(flag))
-        kwargs = {"dest": field, "help": f"{help_text} (env {_env_name(flag)}, default {default!s})"}
+        shown = "the --profile's" if default is None else f"{default!s}"
+        kwargs = {"dest": field, "help": f"{help_text} (env {_env_name(flag)}, default {shown})"}
         if kind is bool:
             kwargs.update(type=_bool, nargs="?", const=True)
         else:
@@ -133,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("--listen-host", str, "address to listen on")
     add("--port", int, "proxy port")
+    add("--tls-cert-file", str, "PEM certificate (chain) to serve HTTPS with, together with --tls-key-file; "
+        "empty: plain HTTP")
+    add("--tls-key-file", str, "PEM private key of --tls-cert-file")
+    add("--allow-plain-http", bool, "serve plain HTTP on a non-loopback --listen-host, where access tokens cross the "
+        "network in clear: only behind a TLS terminator that reaches the gateway over a trusted link")
     add("--metrics-host", str, "address of the Prometheus metrics listener")
     add("--metrics-port", int, "Prometheus metrics port (worker N listens on port+N; 0: a free port each, logged at start)")
     add("--workers", int, "worker processes sharing the proxy port with SO_REUSEPORT")
@@ -141,7 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--kubeconfig", str, "kubeconfig file; empty: KUBECONFIG, then the in-cluster service account")
     add("--kube-context", str, "kubeconfig context; empty: the current context")
     add("--namespace", str, "namespace of the sandbox Pods")
+    add("--profile", str, "whose sandbox Pods: default (liteboxd.io/sandbox=true, path /sandbox/, id = Pod name) or "
+        "liteboxd (LiteBoxd's own: app=liteboxd, path /api/v1/sandbox/, id = label sandbox-id); sets the defaults "
+        "of the next three flags", choices=tuple(PROFILES))
     add("--label-selector", str, "label selector of the sandbox Pods")
+    add("--path-prefix", str, "path form <prefix><id>/port/<port>/<path>")
+    add("--sandbox-id-label", str, "label whose value is the sandbox id (several Pods may carry one: the Ready, "
+        "else the newest, serves); empty: the Pod's name")
     add("--domain", str, "domain for Host routing <id>-<port>.<domain>; empty: Host routing off")
     add("--allowed-ports", PortRanges.parse, "sandbox ports that may be reached, e.g. 80,443,1024-65535")
     add("--upstream-connect-timeout", float, "seconds to connect to a sandbox (504 after)")
@@ -152,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--client-body-timeout", float, "seconds between two reads of a request body from the client")
     add("--max-header-size", int, "longest request line or header field in bytes")
     add("--max-headers", int, "most request header fields")
-    add("--max-concurrent-per-sandbox", int, "open requests and WebSockets per sandbox (429 above); 0: no limit")
-    add("--rate-per-sandbox", float, "requests per second per sandbox (429 above); 0: no limit")
-    add("--rate-burst", int, "burst size of the per-sandbox request rate")
+    add("--max-concurrent-per-sandbox", int, "open requests and WebSockets per sandbox in each worker process "
+        "(429 above; with --workers N a sandbox may hold up to N times this); 0: no limit")
+    add("--rate-per-sandbox", float, "requests per second per sandbox in each worker process (429 above; with "
+        "--workers N up to N times this); 0: no limit")
+    add("--rate-burst", int, "burst size of the per-sandbox request rate, in each worker process")
     add("--ws-max-message-size", int, "largest WebSocket message in bytes (closed with 1009 above)")
     add("--ws-idle-timeout", float, "seconds without a WebSocket message either way before closing")
     add("--ws-max-lifetime", float, "longest WebSocket session in seconds")
@@ -197,10 +230,36 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"--websocket-upstream: must be direct or apiserver, got {config.websocket_upstream!r}")
     if not config.namespace:
         raise ConfigError("--namespace: must not be empty")
+    prefix = config.path_prefix
+    if (len(prefix) < 2 or not prefix.startswith("/") or not prefix.endswith("/") or "//" in prefix
+            or any(segment in (".", "..") or "%" in segment or "?" in segment for segment in prefix.split("/"))):
+        raise ConfigError(f"--path-prefix: {prefix!r} must be an absolute path ending in '/', like /sandbox/, "
+                          "without dot segments, '%' or '?'")
+    if config.sandbox_id_label and not LABEL_KEY_RE.match(config.sandbox_id_label):
+        raise ConfigError(f"--sandbox-id-label: {config.sandbox_id_label!r} is not a label key")
     for name in ("token_query_param", "token_cookie"):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", getattr(config, name)):
             raise ConfigError(f"--{name.replace('_', '-')}: letters, digits, '_', '.', '-' only")
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError("--tls-cert-file and --tls-key-file: give both (the certificate chain and its private key) "
+                          "or neither")
+    if not config.tls_cert_file and not config.allow_plain_http and not is_loopback(config.listen_host):
+        raise ConfigError(
+            f"--listen-host {config.listen_host or '(all addresses)'}: refusing to serve plain HTTP on a non-loopback "
+            "address, where sandbox access tokens would cross the network in clear. Give --tls-cert-file and "
+            "--tls-key-file, or listen on 127.0.0.1 behind a local TLS terminator, or set --allow-plain-http "
+            f"({ENV_PREFIX}ALLOW_PLAIN_HTTP=true) when a TLS terminator in front reaches the gateway over a trusted link")
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address keeps the listener on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load(argv=None) -> Config:
@@ -214,5 +273,8 @@ def load(argv=None) -> Config:
         raise SystemExit(0)
     values = vars(args)
     values.pop("version")
+    for field, value in PROFILES[values["profile"]].items():
+        if values[field] is None:
+            values[field] = value
     # argparse converts string defaults (the environment's values) with the flag's type too.
     return _check(Config(**values))

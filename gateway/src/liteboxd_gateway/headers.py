@@ -76,22 +76,17 @@ def forwarded_request_fields(headers, cookies, client_host: str, config, route, 
         fields.append(("X-Forwarded-For", f"{previous}, {client_host}" if previous else client_host))
         kept = {name.lower() for name, _value in fields}
         if "x-forwarded-proto" not in kept:
-            fields.append(("X-Forwarded-Proto", "http"))
+            fields.append(("X-Forwarded-Proto", "https" if config.tls_cert_file else "http"))
         if "x-forwarded-host" not in kept:
             fields.append(("X-Forwarded-Host", host))
     else:
         fields.append(("X-Forwarded-For", client_host))
-        fields.append(("X-Forwarded-Proto", "http"))
+        fields.append(("X-Forwarded-Proto", "https" if config.tls_cert_file else "http"))
         if host:
             fields.append(("X-Forwarded-Host", host))
     if route.prefix:
         fields.append(("X-Forwarded-Prefix", route.prefix))
     return fields
-
-
-def upstream_request_headers(headers, cookies, client_host: str, config, route, extra_drop=frozenset()) -> CIMultiDict:
-    """Headers for the sandbox: hop-by-hop, routing and token carriers removed, X-Forwarded-* set."""
-    return CIMultiDict(forwarded_request_fields(headers, cookies, client_host, config, route, extra_drop))
 
 
 _field_name = itemgetter(0)

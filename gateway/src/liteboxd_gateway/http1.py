@@ -10,8 +10,9 @@ field by ``--max-header-size``, the number of fields by ``--max-headers``, and t
 head (or to idle between requests) by ``--client-idle-timeout``. Responses leave in as few writes
 as possible: a complete answer is one piece, and while the gateway is busy what the connection
 writes during one pass of the event loop leaves in one write at its end (``writes.py``); a
-streamed answer is framed by the sandbox's Content-Length, else chunked. WebSocket upgrades are
-handed, connection and all, to aiohttp's server, which runs the relay (``websocket.py``).
+streamed answer is framed by the sandbox's Content-Length, else chunked. A WebSocket upgrade's
+connection passes to a ``wsrelay.ClientSide``; aiohttp's server answers its handshake
+(``websocket.py``), then the relay reads it.
 """
 import asyncio
 import collections
@@ -24,6 +25,7 @@ from multidict import CIMultiDict
 from .headers import HEADER_ENCODING, is_websocket_upgrade
 from .streams import ChunkStream
 from .writes import HeldWriter
+from .wsrelay import ClientSide
 
 log = logging.getLogger("liteboxd_gateway.http1")
 # Requests parsed ahead of the one being served before reading pauses.
@@ -319,7 +321,8 @@ class ClientConnection(HeldWriter):
             self._queue.append(request)
             self._serve_next()
             return
-        # aiohttp's server runs the WebSocket relay: give it the connection and the head again.
+        # aiohttp's server answers the handshake (it gets the head again) and the relay takes the
+        # connection from there: what follows the head is for the relay, held until it starts.
         self.connections.discard(self)
         self._stop_idle_timer()
         self._paused.clear()
@@ -328,10 +331,13 @@ class ClientConnection(HeldWriter):
         head.append("\r\n")
         self.write_held()  # the answers to earlier requests go before the switch
         handler = self.websocket_server()
-        self.transport.set_protocol(handler)
+        client_side = ClientSide(handler)
+        self.transport.set_protocol(client_side)
         self.transport.resume_reading()
-        handler.connection_made(self.transport)
-        handler.data_received("".join(head).encode(*HEADER_ENCODING) + rest)
+        client_side.connection_made(self.transport)
+        handler.data_received("".join(head).encode(*HEADER_ENCODING))
+        if rest:
+            client_side.data_received(rest)
 
     # -- serving ---------------------------------------------------------------------------
     def _serve_next(self):

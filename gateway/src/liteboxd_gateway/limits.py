@@ -1,7 +1,9 @@
 """Per-sandbox limits: open connections (requests and WebSockets) and request rate.
 
 Both answer 429 when exceeded. State is kept only for sandboxes with traffic and dropped when a
-sandbox leaves the cache, so memory follows the active set, not the history.
+sandbox leaves the cache, so memory follows the active set, not the history. It is per worker
+process: with ``--workers N`` the kernel spreads a sandbox's connections over N processes that each
+count alone, so a sandbox may hold up to N times each limit (docs/gateway.md says why).
 """
 import time
 

@@ -4,7 +4,8 @@ Three forms, checked in this order:
 1. header ``OpenSandbox-Ingress-To: <id>-<port>`` (or the older ``OPEN-SANDBOX-INGRESS``): the
    whole request-target is forwarded;
 2. Host ``<id>-<port>.<domain>`` (port after the last ``-``): the whole request-target is forwarded;
-3. path ``/sandbox/<id>/port/<port>/<rest>``: ``/<rest>`` and the query are forwarded.
+3. path ``<prefix><id>/port/<port>/<rest>`` (``--path-prefix``, ``/sandbox/`` or LiteBoxd's
+   ``/api/v1/sandbox/``): ``/<rest>`` and the query are forwarded.
 
 Everything works on the raw request-target, so percent-encoding reaches the sandbox untouched.
 Targets with dot segments (also percent-encoded, also after decoding encoded slashes) are refused:
@@ -99,30 +100,31 @@ def _from_host(headers, domain: str):
     return split_id_port(name[: -len(suffix)], HOST_LABEL_RE)
 
 
-def _from_path(raw_target: str):
+def _from_path(raw_target: str, path_prefix: str):
     path, sep, query = raw_target.partition("?")
-    parts = path[len(PATH_PREFIX):].split("/", 3)
+    parts = path[len(path_prefix):].split("/", 3)
     if len(parts) < 3 or parts[1] != "port":
-        raise RouteError("expected /sandbox/<id>/port/<port>/<path>")
+        raise RouteError(f"expected {path_prefix}<id>/port/<port>/<path>")
     sandbox_id, port = parts[0], parts[2]
-    checked = _checked_paths.get((sandbox_id, port))
+    checked = _checked_paths.get((path_prefix, sandbox_id, port))
     if checked is None:
         if not SANDBOX_ID_RE.fullmatch(sandbox_id) or not PORT_RE.fullmatch(port) or int(port) > 65535:
-            raise RouteError("expected /sandbox/<id>/port/<port>/<path> with a Pod name and a port")
+            raise RouteError(f"expected {path_prefix}<id>/port/<port>/<path> with a sandbox id and a port")
         if len(_checked_paths) >= CHECKED_PATHS:
             _checked_paths.clear()
-        checked = _checked_paths[(sandbox_id, port)] = (int(port), f"{PATH_PREFIX}{sandbox_id}/port/{port}")
+        checked = _checked_paths[(path_prefix, sandbox_id, port)] = (
+            int(port), f"{path_prefix}{sandbox_id}/port/{port}")
     rest = "/" + parts[3] if len(parts) == 4 else "/"
     return sandbox_id, checked[0], rest + sep + query, checked[1]
 
 
-# Sandbox id and port texts of path-form targets already found valid -> (port, prefix): the same
+# Path prefix, sandbox id and port texts of path-form targets already found valid -> (port, prefix): the same
 # few sandboxes are named request after request.
 CHECKED_PATHS = 4096
 _checked_paths = {}
 
 
-def resolve(raw_target: str, headers, domain: str = ""):
+def resolve(raw_target: str, headers, domain: str = "", path_prefix: str = PATH_PREFIX):
     """The Route of a request, or None when it is not for a sandbox (the gateway's own paths).
 
     Raises RouteError (400) for malformed or conflicting routing information.
@@ -134,7 +136,7 @@ def resolve(raw_target: str, headers, domain: str = ""):
     if by_header or by_host:
         sandbox_id, port = by_header or by_host
         return Route(sandbox_id, port, check_target(raw_target), "header" if by_header else "host")
-    if raw_target.startswith(PATH_PREFIX):
-        sandbox_id, port, target, prefix = _from_path(raw_target)
+    if raw_target.startswith(path_prefix):
+        sandbox_id, port, target, prefix = _from_path(raw_target, path_prefix)
         return Route(sandbox_id, port, check_target(target), "path", prefix)
     return None

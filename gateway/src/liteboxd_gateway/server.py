@@ -13,6 +13,7 @@ import importlib.machinery
 import logging
 import os
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -40,6 +41,19 @@ def compiled_modules() -> list:
                   if name.startswith(__package__ + ".") and (getattr(module, "__file__", None) or "").endswith(suffixes))
 
 
+def tls_context(config):
+    """The server TLS context for --tls-cert-file/--tls-key-file, or None for plain HTTP.
+
+    Raises OSError or ssl.SSLError when the files cannot be read or do not belong together."""
+    if not config.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])  # the gateway speaks HTTP/1.1 only
+    context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return context
+
+
 async def serve(config, connection, worker: int = 0, started=None, stop=None):
     """Run one gateway until SIGTERM/SIGINT (or until ``stop`` is set, when given).
 
@@ -47,7 +61,7 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
     and the bound addresses as ``started.addresses`` and ``started.metrics_addresses``.
     """
     metrics = GatewayMetrics()
-    cache = SandboxCache()
+    cache = SandboxCache(config.sandbox_id_label)
     watcher = PodWatcher(connection, cache, config.namespace, config.label_selector, metrics,
                          config.watch_timeout, config.watch_backoff_initial, config.watch_backoff_max)
     gateway = Gateway(config, cache, metrics)
@@ -64,7 +78,8 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
     connections = ClientConnections()
     reuse = config.reuse_port or config.workers > 1
     listener = await loop.create_server(lambda: ClientConnection(gateway, connections, websocket_server),
-                                        config.listen_host, config.port, reuse_port=reuse or None, backlog=1024)
+                                        config.listen_host, config.port, reuse_port=reuse or None, backlog=1024,
+                                        ssl=tls_context(config))
     addresses = [sock.getsockname() for sock in listener.sockets]
     metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None)
     await metrics_runner.setup()
@@ -78,9 +93,10 @@ async def serve(config, connection, worker: int = 0, started=None, stop=None):
     log.info("liteboxd-gateway %s listening", __version__, extra={"fields": {
         "version": __version__, "worker": worker, "pid": os.getpid(),
         "event_loop": f"{type(loop).__module__}.{type(loop).__qualname__}", "access_log": config.access_log,
-        "compiled": compiled_modules(), "addresses": [
+        "compiled": compiled_modules(), "tls": bool(config.tls_cert_file), "addresses": [
             list(address) for address in addresses], "metrics": [list(a) for a in metrics_runner.addresses],
-        "namespace": config.namespace, "label_selector": config.label_selector, "domain": config.domain,
+        "namespace": config.namespace, "profile": config.profile, "label_selector": config.label_selector,
+        "path_prefix": config.path_prefix, "sandbox_id_label": config.sandbox_id_label, "domain": config.domain,
         "allowed_ports": str(config.allowed_ports)}})
     if started is not None:
         started.gateway, started.watcher = gateway, watcher
@@ -177,6 +193,12 @@ def main(argv=None) -> int:
         config = config_module.load(argv)
     except config_module.ConfigError as exc:
         print(f"liteboxd-gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        tls_context(config)  # read once here, so a bad file stops the gateway before any worker starts
+    except (OSError, ssl.SSLError) as exc:
+        print(f"liteboxd-gateway: --tls-cert-file {config.tls_cert_file} / --tls-key-file {config.tls_key_file}: "
+              f"cannot serve TLS with them: {exc}", file=sys.stderr)
         return 2
     try:
         connection = kube.load(config.kubeconfig, config.kube_context)

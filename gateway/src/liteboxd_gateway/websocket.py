@@ -1,42 +1,27 @@
-"""WebSocket relay: upstream handshake first, then the client, then frames both ways.
+"""WebSocket handshakes: the sandbox's first, then the client's; ``wsrelay`` relays after them.
 
-The client is accepted only after the sandbox accepted, with the subprotocol the sandbox chose,
-so a refused upstream is an HTTP error to the client rather than an open-then-closed socket.
-Messages are relayed as they are (text stays text, without decoding). A close from either side is
-passed on with its code and reason; codes that must never be sent (1005 "no status", 1006
-"abnormal", 1015) are replaced: 1000 for a close without status, 1011 towards the client when the
-sandbox vanished, 1001 towards the sandbox when the client vanished. Idle time (no message either
-way), total lifetime and gateway shutdown close both sides with 1001.
-
-The handshake goes to the Pod IP (``DirectUpstream``) or, for gateways that cannot route to Pod IPs,
-through the API server's pod proxy (``ApiServerUpstream``); everything after it is the same relay.
+The client is accepted only after the sandbox accepted, with the subprotocol the sandbox chose, so
+a refused upstream is an HTTP error to the client rather than an open-then-closed socket. The
+upstream handshake goes to the Pod IP (``DirectUpstream``) or, for gateways that cannot route to Pod
+IPs, through the API server's pod proxy (``ApiServerUpstream``). Either way the gateway is the
+HTTP/1.1 client itself (an asyncio Protocol reading the answer with httptools), so the connection
+passes to the relay with whatever the sandbox sent after its 101, not a byte parsed away.
 """
 import asyncio
+import base64
+import hashlib
 import logging
-from urllib.parse import quote
+import os
+from urllib.parse import quote, urlsplit
 
-import aiohttp
-from aiohttp import WSMsgType, web
-from yarl import URL
+import httptools
 
-from .proxy import UpstreamError, host_header
+from .headers import HEADER_ENCODING
+from .proxy import UpstreamError, host_header, request_head
+from .wsrelay import UpstreamSide
 
 log = logging.getLogger("liteboxd_gateway.websocket")
-DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
-NORMAL, GOING_AWAY, INTERNAL_ERROR = 1000, 1001, 1011
-# aiohttp adds these on its own when absent; a proxy must send exactly what the client sent.
-CLIENT_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
-
-def _handshake_session(ssl, config) -> aiohttp.ClientSession:
-    """The client of WebSocket handshakes (a relayed connection is never reused). Connecting is bounded
-    by --upstream-connect-timeout as for HTTP; nothing else is (aiohttp's default would end a handshake
-    after 5 minutes and a connect after 30 s)."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=True, use_dns_cache=False, ssl=ssl)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.upstream_connect_timeout),
-                                 skip_auto_headers=CLIENT_AUTO_HEADERS,
-                                 cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 def is_api_credential(name: str) -> bool:
@@ -50,14 +35,9 @@ class DirectUpstream:
 
     refuser, peer = "sandbox", "the sandbox"
 
-    def __init__(self, config):
-        self.session = _handshake_session(False, config)
-
-    async def close(self):
-        await self.session.close()
-
-    async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, headers) -> URL:
-        return URL(f"http://{host_header(pod_ip, port)}{target}", encoded=True)
+    async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, fields: list):
+        """Where to connect and what to ask for: (host, port, TLS context or None, request-target)."""
+        return pod_ip, port, None, target
 
     def describe(self) -> str:
         return "direct to the Pod IP"
@@ -76,25 +56,23 @@ class ApiServerUpstream:
 
     def __init__(self, config, connection):
         self.connection = connection
-        self.pods_url = f"{connection.server}/api/v1/namespaces/{quote(config.namespace, safe='')}/pods"
-        self.session = _handshake_session(connection.ssl_context, config)
+        server = urlsplit(connection.server)
+        self.host = server.hostname
+        self.port = server.port or (443 if server.scheme == "https" else 80)
+        self.ssl = (connection.ssl_context or True) if server.scheme == "https" else None
+        self.pods_path = f"{server.path}/api/v1/namespaces/{quote(config.namespace, safe='')}/pods"
 
-    async def close(self):
-        await self.session.close()
-
-    async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, headers) -> URL:
+    async def prepare(self, pod_name: str, pod_ip: str, port: int, target: str, fields: list):
         # Whatever API credentials the client sent must not act under the gateway's identity.
-        for name in [name for name in headers if is_api_credential(name)]:
-            headers.popall(name, None)
+        fields[:] = [field for field in fields if not is_api_credential(field[0])]
         try:
-            headers.update(await self.connection.auth_headers())
+            fields.extend((await self.connection.auth_headers()).items())
         except OSError as exc:  # the service-account token file, which the kubelet rotates
             raise UpstreamError(502, "credentials", f"cannot read the gateway's API credentials: {exc}") from exc
-        # The API server passes Host on: give the sandbox the one a direct handshake carries.
-        headers["Host"] = host_header(pod_ip, port)
         # Go writes its own User-Agent on a request without one, and none for an empty one.
-        headers.setdefault("User-Agent", "")
-        return URL(f"{self.pods_url}/{pod_name}:{port}/proxy{target}", encoded=True)
+        if not any(name.lower() == "user-agent" for name, _value in fields):
+            fields.append(("User-Agent", ""))
+        return self.host, self.port, self.ssl, f"{self.pods_path}/{pod_name}:{port}/proxy{target}"
 
     def describe(self) -> str:
         return f"through the API server's pod proxy at {self.connection.server}"
@@ -102,127 +80,128 @@ class ApiServerUpstream:
 
 def websocket_upstream(config, connection):
     """The handshake route chosen by ``--websocket-upstream``."""
-    upstream = ApiServerUpstream(config, connection) if config.websocket_upstream == "apiserver" else DirectUpstream(config)
+    upstream = ApiServerUpstream(config, connection) if config.websocket_upstream == "apiserver" else DirectUpstream()
     log.info("WebSocket handshakes go %s", upstream.describe())
     return upstream
 
 
-def sendable_close_code(code, vanished: int) -> int:
-    """A close code that may go on the wire for one received (or None when the peer vanished)."""
-    if code is None or code == 1006:
-        return vanished
-    if code == 1005:
-        return NORMAL
-    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return vanished
+class UpstreamHandshake:
+    """The sandbox's connection until its 101, as its asyncio Protocol: writes the upgrade request
+    and reads the answer's head; on a valid 101 the connection passes to an ``UpstreamSide``
+    (``answer``'s result) with the bytes that followed the head, else ``answer`` fails with an
+    UpstreamError and the connection is closed."""
 
+    def __init__(self, request: bytes, accept: bytes, protocols: tuple, refuser: str):
+        self.request = request
+        self.accept = accept
+        self.protocols = protocols
+        self.refuser = refuser
+        self.answer = asyncio.get_running_loop().create_future()
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport = None
+        self.status = 0
+        self.fields = {}  # lower-cased name: the first value
 
-class Relay:
-    """One client <-> sandbox WebSocket session."""
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.request)
 
-    def __init__(self, config, metrics):
-        self.config = config
-        self.metrics = metrics
-        self.last_activity = 0.0
-        self._stop = asyncio.Event()
-        self.stop_reason = ""
-
-    def shutdown(self, reason: str):
-        self.stop_reason = reason
-        self._stop.set()
-
-    async def _pump(self, source, destination):
-        loop = asyncio.get_running_loop()
-        while True:
-            message = await source.receive()
-            if message.type in DATA_TYPES:
-                self.last_activity = loop.time()
-                data = message.data if isinstance(message.data, bytes) else message.data.encode()
-                await destination.send_frame(data, message.type)
-            elif message.type is WSMsgType.CLOSE:
-                return message.data, message.extra or ""
-            elif message.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                return source.close_code, ""
-
-    async def _watchdog(self):
-        loop = asyncio.get_running_loop()
-        ends = loop.time() + self.config.ws_max_lifetime
-        while not self._stop.is_set():
-            now = loop.time()
-            if now >= ends:
-                self.stop_reason = "lifetime exceeded"
-                return
-            if now - self.last_activity >= self.config.ws_idle_timeout:
-                self.stop_reason = "idle timeout"
-                return
-            wake = min(ends, self.last_activity + self.config.ws_idle_timeout)
-            try:
-                async with asyncio.timeout(wake - now):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
-
-    async def run(self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> str:
-        self.last_activity = asyncio.get_running_loop().time()
-        from_client = asyncio.create_task(self._pump(client, upstream))
-        from_upstream = asyncio.create_task(self._pump(upstream, client))
-        watchdog = asyncio.create_task(self._watchdog())
-        tasks = (from_client, from_upstream, watchdog)
+    def data_received(self, data):
+        if self.answer.done():
+            return
         try:
-            done, _unused = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        first = next(task for task in tasks if task in done)
-        if first is watchdog:
-            reason = self.stop_reason
-            message = reason.encode()
-            await asyncio.gather(client.close(code=GOING_AWAY, message=message),
-                                 upstream.close(code=GOING_AWAY, message=message), return_exceptions=True)
-            return reason.replace(" ", "_")
-        if first.exception() is not None:
-            # Sending failed, so the destination is gone: the client pump writes to the sandbox.
-            to_client = INTERNAL_ERROR if first is from_client else GOING_AWAY
-            await asyncio.gather(client.close(code=to_client), upstream.close(code=GOING_AWAY),
-                                 return_exceptions=True)
-            return "send_failed"
-        code, reason = first.result()
-        message = reason.encode()[:123] if isinstance(reason, str) else b""
-        if first is from_client:
-            to_upstream = sendable_close_code(code, GOING_AWAY)
-            await asyncio.gather(upstream.close(code=to_upstream, message=message),
-                                 client.close(code=to_upstream, message=message), return_exceptions=True)
-            return "client_closed"
-        to_client = sendable_close_code(code, INTERNAL_ERROR)
-        await asyncio.gather(client.close(code=to_client, message=message),
-                             upstream.close(code=to_client, message=message), return_exceptions=True)
-        return "upstream_closed"
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._switched(data[upgrade.args[0]:])
+        except httptools.HttpParserError as exc:
+            # llhttp stops at a 101 without an Upgrade field, as at any malformed answer.
+            self._fail(self._refused() if self.status == 101 else
+                       UpstreamError(502, "ws_handshake", f"{self.refuser} WebSocket failed: malformed answer ({exc})"))
+
+    def eof_received(self):
+        return None
+
+    def connection_lost(self, exc):
+        self._fail(UpstreamError(502, "ws_handshake", f"{self.refuser} WebSocket failed: the connection closed"))
+
+    def pause_writing(self):
+        pass  # the request is one small write
+
+    def resume_writing(self):
+        pass
+
+    def on_header(self, name: bytes, value: bytes):
+        self.fields.setdefault(name.lower(), value)
+
+    def on_headers_complete(self):
+        self.status = self.parser.get_status_code()
+        if self.status < 200 and self.status != 101:
+            self.fields = {}  # an informational answer (100 Continue) before the real one
+        elif self.status != 101:
+            self._fail(self._refused())
+
+    def _refused(self) -> UpstreamError:
+        return UpstreamError(502, "ws_handshake", f"{self.refuser} refused the WebSocket (HTTP {self.status})")
+
+    def _switched(self, rest: bytes):
+        fields = self.fields
+        if (self.status != 101 or fields.get(b"upgrade", b"").lower() != b"websocket"
+                or fields.get(b"connection", b"").lower() != b"upgrade"
+                or fields.get(b"sec-websocket-accept") != self.accept):
+            self._fail(self._refused())
+            return
+        protocol = None
+        if self.protocols and b"sec-websocket-protocol" in fields:
+            # The first the sandbox names among those offered, as aiohttp's client took it.
+            chosen = fields[b"sec-websocket-protocol"].decode(*HEADER_ENCODING).split(",")
+            protocol = next((name.strip() for name in chosen if name.strip() in self.protocols), None)
+        side = UpstreamSide(protocol)
+        self.transport.set_protocol(side)
+        side.connection_made(self.transport)
+        if rest:
+            side.data_received(rest)
+        self.answer.set_result(side)
+
+    def _fail(self, error: UpstreamError):
+        if not self.answer.done():
+            self.answer.set_exception(error)
+            if self.transport is not None:
+                self.transport.close()
 
 
-async def connect_upstream(upstream, pod_name, pod_ip, port, target, headers, protocols, config, metrics):
-    """Open the sandbox's WebSocket by way of ``upstream`` (DirectUpstream or ApiServerUpstream);
-    retry only connect failures. Raises UpstreamError."""
-    url = await upstream.prepare(pod_name, pod_ip, port, target, headers)
+async def connect_upstream(upstream, pod_name, pod_ip, port, target, fields, request_id, protocols, config,
+                           metrics) -> UpstreamSide:
+    """Open the sandbox's WebSocket by way of ``upstream`` (DirectUpstream or ApiServerUpstream),
+    offering ``protocols``; retry only connect failures. Raises UpstreamError."""
+    host, connect_port, ssl, request_target = await upstream.prepare(pod_name, pod_ip, port, target, fields)
+    key = base64.b64encode(os.urandom(16))
+    accept = base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest())
+    upgrade = f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+    if protocols:
+        upgrade += f"Sec-WebSocket-Protocol: {','.join(protocols)}\r\n"
+    # The sandbox's address as Host in both modes: the API server passes Host on.
+    request = request_head("GET", request_target, host_header(pod_ip, port), fields, request_id, upgrade)
+    loop = asyncio.get_running_loop()
     attempts = 1 + config.upstream_connect_retries
     for attempt in range(attempts):
+        handshake = UpstreamHandshake(request, accept, protocols, upstream.refuser)
         try:
-            return await upstream.session.ws_connect(
-                url, protocols=protocols, headers=headers, autoclose=False, autoping=True,
-                max_msg_size=config.ws_max_message_size, compress=0, decode_text=False,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0))
-        except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamError(502, "ws_handshake", f"{upstream.refuser} refused the WebSocket (HTTP {exc.status})") from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError(504, "connect_timeout", f"connect to {upstream.peer} timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
+            async with asyncio.timeout(config.upstream_connect_timeout):
+                await loop.create_connection(lambda: handshake, host, connect_port, ssl=ssl,
+                                             server_hostname=host if ssl else None)
+            break
+        except TimeoutError:
+            raise UpstreamError(504, "connect_timeout", f"connect to {upstream.peer} timed out") from None
+        except OSError as exc:
             if attempt + 1 == attempts:
-                raise UpstreamError(502, "connect", f"cannot connect to {upstream.peer}: {exc.os_error}") from exc
+                raise UpstreamError(502, "connect", f"cannot connect to {upstream.peer}: {exc}") from exc
             metrics.connect_retries.inc()
             await asyncio.sleep(0.05 * (attempt + 1))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise UpstreamError(502, "ws_handshake", f"{upstream.refuser} WebSocket failed: {type(exc).__name__}") from exc
+    try:
+        return await handshake.answer
+    except asyncio.CancelledError:
+        handshake.transport.close()  # the client went away while the sandbox was answering
+        raise
 
 
 def client_protocols(headers):
