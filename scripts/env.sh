@@ -26,7 +26,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 apt_packages=(podman runc netavark aardvark-dns mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
               golang-go make dpkg-dev etcd-server nginx-light wrk shellcheck
-              python3-venv python3-pyroute2 python3-netaddr gnupg)
+              python3-venv python3-netaddr gnupg containerd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -73,7 +73,7 @@ export PYTHONPATH="$LITEBOXD_ROOT/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"
 
-# Debian 12's python3 with its python3-pyroute2/python3-netaddr (what the roles install on hosts)
+# Debian 12's python3 with its python3-netaddr (what the roles install on hosts)
 # and only ansible-core beside them: the netlink modules' tests run once more under it.
 ansible_core=$(grep -i '^ansible-core==' "$LITEBOXD_ROOT/requirements/controller.txt")
 debian_python="$LITEBOXD_CACHE/debian-python-$(echo "$ansible_core" | sha256sum | cut -c1-12)"

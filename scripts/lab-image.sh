@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/lab/containers.conf}"
 cache="${LITEBOXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/liteboxd}"
 image="${LITEBOXD_LAB_IMAGE:-localhost/liteboxd-lab:bookworm}"
-packages=etcd-server,python3,python3-apt,python3-pyroute2,python3-netaddr,iproute2,iptables,nftables,procps,systemd-sysv,dbus,iputils-ping,sudo,kmod,tcpdump,curl,conntrack,ca-certificates,netcat-openbsd,python3-venv,gcc,python3-dev
+packages=etcd-server,python3,python3-apt,python3-netaddr,iproute2,iptables,nftables,procps,systemd-sysv,dbus,iputils-ping,sudo,kmod,tcpdump,curl,conntrack,ca-certificates,netcat-openbsd,python3-venv
 key=$(printf '%s\n%s\n' "$packages" "$(sha256sum "$0" | cut -c1-16)" | sha256sum | cut -c1-12)
 archive="$cache/lab-image-$key.tar"
 log() { printf '[lab-image] %s\n' "$*" >&2; }

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # ansible-test sanity on this checkout. ansible-test needs the collection at
 # .../ansible_collections/<namespace>/<name>, so the tracked and new files are copied there.
-# Extra arguments go to ansible-test (e.g. --test validate-modules).
+# Extra arguments go to ansible-test (e.g. --test validate-modules). LITEBOXD_ANSIBLE_VENV names
+# another virtualenv whose ansible-test runs it (scripts/oldest-ansible.sh: the oldest ansible-core).
 source "$(dirname "$0")/env.sh"
 cd "$LITEBOXD_ROOT" || exit 1
+VIRTUAL_ENV=${LITEBOXD_ANSIBLE_VENV:-$VIRTUAL_ENV}
+PATH="$VIRTUAL_ENV/bin:$PATH"
 # A tree per run: concurrent runs (two checkouts, or two developers' sessions) must not share it.
 run_dir=$(mktemp -d "$LITEBOXD_CACHE/sanity.XXXXXX")
 trap 'rm -rf "$run_dir"' EXIT

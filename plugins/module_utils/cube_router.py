@@ -16,8 +16,9 @@ A dummy device is used where the kernel has one; otherwise a veth pair whose pee
 device its carrier (the same loop works on both).
 
 Everything here is rendered from one spec: the state sections (shown in diff), the nftables
-ruleset, and one shell script that the module runs and a systemd unit re-runs at boot. Canonical
-one-line strings in ``ip`` syntax let the wanted and the read-back state compare directly.
+ruleset, and one shell script that the module runs and a systemd unit re-runs at boot. Routes and
+rules are ``routing``'s; their one-line ``ip`` text lets the wanted and the read-back state compare
+directly.
 """
 from __future__ import absolute_import, division, print_function
 
@@ -27,28 +28,32 @@ import hashlib
 import json
 import re
 
-try:
-    import netaddr
-except ImportError:  # the module reports missing_required_lib
-    netaddr = None
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import routing
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.routing import (
+    MAIN_TABLE,
+    Route,
+    Rule,
+    SpecError,
+    netaddr,
+    parse_address,
+    parse_ifname,
+    parse_network,
+    route_text,
+    rule_text,
+)
 
 NFT_TABLE = "liteboxd_cube_router"
+# CubeSandbox's network-agent gives port mappings host ports 20000-29999 by default (host_port_min,
+# host_port_max) and its own SNAT allocates from 30000 (CubeVS's MAX_PORT_START) to 65535.
+SNAT_PORT_MIN = 30000
+PORT_MAPPING_PORTS = "20000-29999"
 UNIT_NAME = "liteboxd-cube-router.service"
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]{1,15}$")
-ROUTE_TYPES = ("unicast", "throw", "unreachable", "blackhole", "prohibit")
-TABLE_NAMES = {"main": 254, "local": 255, "default": 253}
+# Operator tables are numbers or the kernel's names; rt_tables files play no part here.
+TABLE_NAMES = dict((name, (number, "builtin")) for name, number in routing.BUILTIN_TABLES.items())
 DEVICE_MAC = "<device-mac>"
 FIRST_ENABLEMENT_WARNING = (
     "cube-router is enabled (or recreated) on this host by this run: existing outbound connections from "
     "running sandboxes are interrupted; they work again once the application reconnects through cube-router.")
-
-
-class SpecError(ValueError):
-    """Bad input; ``option`` names the option at fault."""
-
-    def __init__(self, option, message):
-        self.option = option
-        super(SpecError, self).__init__("%s: %s" % (option, message))
 
 
 def peer_name(device):
@@ -56,88 +61,36 @@ def peer_name(device):
     return "%s-p" % device[:13]
 
 
-def _ifname(option, value):
-    if not IFNAME_RE.match(str(value or "")):
-        raise SpecError(option, "%r is not a valid interface name (1-15 characters, no spaces or '/')" % value)
-    return str(value)
+# ----- routes and rules as the state record keeps them (the format of earlier releases) -----
+
+def route_record(route):
+    record = {"type": route.type, "dst": "default" if route.dst == "0.0.0.0/0" else route.dst,
+              "table": route.table, "metric": route.metric, "onlink": route.onlink}
+    for key in ("via", "dev", "src"):
+        if getattr(route, key):
+            record[key] = getattr(route, key)
+    return record
 
 
-def _ipv4(option, value):
-    try:
-        address = netaddr.IPAddress(str(value))
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise SpecError(option, "%r is not an IPv4 address" % value)
-    if address.version != 4:
-        raise SpecError(option, "%r is not an IPv4 address" % value)
-    return str(address)
+def record_route(record):
+    route_type, via = record.get("type") or "unicast", record.get("via")
+    return Route("ipv4", record.get("table", MAIN_TABLE), "0.0.0.0/0" if record["dst"] == "default" else record["dst"],
+                 record.get("metric") or 0, route_type, via, record.get("dev"), record.get("src"),
+                 routing.default_scope(route_type, via), bool(record.get("onlink")), None)
 
 
-def _ipv4_cidr(option, value, default_prefix=32):
-    text = str(value or "")
-    if text in ("default", "0.0.0.0/0", "all"):
-        return "default"
-    try:
-        network = netaddr.IPNetwork(text if "/" in text else "%s/%d" % (text, default_prefix))
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise SpecError(option, "%r is not an IPv4 CIDR" % value)
-    if network.version != 4:
-        raise SpecError(option, "%r is not an IPv4 CIDR" % value)
-    return "default" if network.prefixlen == 0 else str(network.cidr)
+def rule_record(rule):
+    record = {"priority": rule.priority, "table": rule.table}
+    for key, value in (("from", rule.src), ("to", rule.dst), ("iif", rule.iif), ("oif", rule.oif)):
+        if value:
+            record[key] = value
+    return record
 
 
-def _table(option, value):
-    if value is None:
-        return 254
-    if str(value) in TABLE_NAMES:
-        return TABLE_NAMES[str(value)]
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise SpecError(option, "%r is not a table number or one of main, local, default" % value)
-    if not 0 < number < 2 ** 32:
-        raise SpecError(option, "%r is out of range" % value)
-    return number
-
-
-def table_text(number):
-    for name, value in TABLE_NAMES.items():
-        if value == number:
-            return name
-    return str(number)
-
-
-# ----- canonical one-line forms (shared by the wanted and the read-back state) -----
-
-def route_text(route):
-    """``ip route`` arguments for a route dict; the identity key is (table, dst, metric)."""
-    parts = [] if route.get("type", "unicast") == "unicast" else [route["type"]]
-    parts.append(route["dst"])
-    for key, word in (("via", "via"), ("dev", "dev"), ("src", "src"), ("metric", "metric")):
-        if route.get(key) not in (None, "", 0):
-            parts += [word, str(route[key])]
-    if route.get("onlink"):
-        parts.append("onlink")
-    if route.get("table", 254) != 254:
-        parts += ["table", table_text(route["table"])]
-    return " ".join(parts)
-
-
-def route_key(route):
-    return (route.get("table", 254), route["dst"], route.get("metric") or 0)
-
-
-def rule_text(rule):
-    parts = ["pref", str(rule["priority"])]
-    for key in ("from", "to"):
-        if rule.get(key) not in (None, "default"):
-            parts += [key, rule[key]]
-    for key in ("iif", "oif"):
-        if rule.get(key):
-            parts += [key, rule[key]]
-    if rule.get("fwmark"):
-        parts += ["fwmark", "%#x/%#x" % (rule["fwmark"], rule["fwmark"])]
-    parts += ["lookup", table_text(rule["table"])]
-    return " ".join(parts)
+def record_rule(record):
+    cidrs = [None if record.get(key) in (None, "default") else record[key] for key in ("from", "to")]
+    return Rule("ipv4", record["priority"], cidrs[0], cidrs[1], record.get("iif"), record.get("oif"), None, None,
+                False, "lookup", record["table"])
 
 
 def tunnel_text(tunnel):
@@ -167,93 +120,97 @@ def tunnel_state_text(tunnel):
 # ----- the spec -----
 
 def normalize_route(index, raw):
-    option = "routes[%d]" % index
-    route_type = raw.get("type") or "unicast"
-    if route_type not in ROUTE_TYPES:
-        raise SpecError(option + ".type", "%r is not one of %s" % (route_type, ", ".join(ROUTE_TYPES)))
-    route = {"type": route_type, "dst": _ipv4_cidr(option + ".dst", raw.get("dst")),
-             "table": _table(option + ".table", raw.get("table")), "metric": int(raw.get("metric") or 0),
-             "onlink": bool(raw.get("onlink"))}
-    if raw.get("via"):
-        route["via"] = _ipv4(option + ".via", raw["via"])
-    if raw.get("dev"):
-        route["dev"] = _ifname(option + ".dev", raw["dev"])
-    if raw.get("src"):
-        route["src"] = _ipv4(option + ".src", raw["src"])
-    if route_type == "unicast" and not (route.get("via") or route.get("dev")):
-        raise SpecError(option, "a unicast route needs via and/or dev")
-    return route
+    return routing.normalize_route(raw, TABLE_NAMES, "routes[%d]" % index, family="ipv4", proto=None)
 
 
 def normalize_rule(index, raw):
     option = "rules[%d]" % index
-    try:
-        priority = int(raw.get("priority"))
-    except (TypeError, ValueError):
-        raise SpecError(option + ".priority", "a priority (1-32765) is required")
-    if not 0 < priority < 32766:
-        raise SpecError(option + ".priority", "%d is outside 1-32765" % priority)
-    rule = {"priority": priority, "table": _table(option + ".table", raw.get("table"))}
-    for key in ("from", "to"):
-        if raw.get(key):
-            rule[key] = _ipv4_cidr("%s.%s" % (option, key), raw[key])
-    for key in ("iif", "oif"):
-        if raw.get(key):
-            rule[key] = _ifname("%s.%s" % (option, key), raw[key])
-    return rule
+    if raw.get("priority") is None or not 0 < int(raw["priority"]) < 32766:
+        # Below the main table's rule (32766), or the rule would never see a packet.
+        raise SpecError(option + ".priority", "%s is outside 1-32765" % raw.get("priority"))
+    return routing.normalize_rule(raw, TABLE_NAMES, option, family="ipv4")
 
 
 def normalize_tunnel(index, raw):
     option = "tunnels[%d]" % index
     kind = raw.get("kind")
-    tunnel = {"name": _ifname(option + ".name", raw.get("name")), "kind": kind,
+    tunnel = {"name": parse_ifname(raw.get("name"), option + ".name"), "kind": kind,
               "mtu": int(raw["mtu"]) if raw.get("mtu") else None}
     if raw.get("address"):
-        network = netaddr.IPNetwork(_ipv4_cidr(option + ".address", raw["address"]))
-        tunnel["address"] = "%s/%d" % (netaddr.IPNetwork(str(raw["address"])).ip, network.prefixlen)
+        try:
+            address = netaddr.IPNetwork(str(raw["address"]))
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            address = None
+        if address is None or address.version != 4 or "/" not in str(raw["address"]):
+            raise SpecError(option + ".address", "%r is not an IPv4 address in CIDR form" % (raw["address"],))
+        tunnel["address"] = "%s/%d" % (address.ip, address.prefixlen)
     if kind == "vxlan":
         if raw.get("vni") is None:
             raise SpecError(option + ".vni", "a VXLAN tunnel needs a vni")
         tunnel.update(vni=int(raw["vni"]), dstport=int(raw.get("dstport") or 4789))
         for key in ("local", "remote"):
             if raw.get(key):
-                tunnel[key] = _ipv4("%s.%s" % (option, key), raw[key])
+                tunnel[key] = parse_address(raw[key], "%s.%s" % (option, key), "ipv4")[1]
         if not tunnel.get("remote"):
             raise SpecError(option + ".remote", "a point-to-point VXLAN tunnel needs a remote")
         if raw.get("dev"):
-            tunnel["dev"] = _ifname(option + ".dev", raw["dev"])
+            tunnel["dev"] = parse_ifname(raw["dev"], option + ".dev")
     elif kind == "gre":
         for key in ("local", "remote"):
-            tunnel[key] = _ipv4("%s.%s" % (option, key), raw.get(key))
+            if not raw.get(key):
+                raise SpecError("%s.%s" % (option, key), "a GRE tunnel needs a %s address" % key)
+            tunnel[key] = parse_address(raw[key], "%s.%s" % (option, key), "ipv4")[1]
         tunnel.update(ttl=int(raw.get("ttl") or 255), key=int(raw["key"]) if raw.get("key") else None)
     else:
         raise SpecError(option + ".kind", "%r is not one of vxlan, gre" % kind)
     return tunnel
 
 
+def check_snat_ports(snat_port_min, port_mapping_ports):
+    """The MASQUERADE source ports (``snat_port_min``-65535) must stay clear of the host ports that
+    port mappings use (``port_mapping_ports``, "low-high"; empty: nothing on this host maps ports)."""
+    if not 1 <= snat_port_min <= 65535:
+        raise SpecError("snat_port_min", "%d is outside 1-65535" % snat_port_min)
+    if not port_mapping_ports:
+        return
+    low, _sep, high = str(port_mapping_ports).partition("-")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535):
+        raise SpecError("port_mapping_ports", "%r is not a port range like 20000-29999 (or empty)"
+                        % (port_mapping_ports,))
+    if snat_port_min <= int(high):
+        raise SpecError("snat_port_min", (
+            "MASQUERADE source ports %d-65535 overlap the port-mapping range %s (port_mapping_ports), where "
+            "CubeSandbox's network-agent publishes sandbox ports; its own SNAT uses 30000-65535. Set "
+            "snat_port_min above %s, set port_mapping_ports to the range your network-agent uses "
+            "(host_port_min-host_port_max), or to an empty string if nothing maps ports on this host")
+            % (snat_port_min, port_mapping_ports, high))
+
+
 def build_spec(params, addresses):
-    """The normalised spec from module parameters and the derived addresses."""
-    device = _ifname("device", params["device"])
-    sandbox_cidr = _ipv4_cidr("sandbox_cidr", params["sandbox_cidr"], default_prefix=32)
+    """The normalised spec from module parameters and the derived addresses (JSON data: it is also
+    the state record)."""
+    device = parse_ifname(params["device"], "device")
+    sandbox_cidr = parse_network(params["sandbox_cidr"], "sandbox_cidr", "ipv4")[1]
     cidrs, interfaces = [], []
     for index, source in enumerate(params.get("sandbox_sources") or [sandbox_cidr]):
+        where = "sandbox_sources[%d]" % index
         if re.match(r"^[0-9.]+(/[0-9]+)?$", str(source)) or ":" in str(source) and "/" in str(source):
-            cidrs.append(_ipv4_cidr("sandbox_sources[%d]" % index, source))
+            cidrs.append(parse_network(source, where, "ipv4")[1])
         else:
-            interfaces.append(_ifname("sandbox_sources[%d]" % index, source))
+            interfaces.append(parse_ifname(source, where))
     if device in interfaces:
         raise SpecError("sandbox_sources", "the cube-router device %s cannot be a sandbox source" % device)
-    if not 1 <= params["snat_port_min"] <= 65535:
-        raise SpecError("snat_port_min", "%d is outside 1-65535" % params["snat_port_min"])
+    check_snat_ports(params["snat_port_min"], params.get("port_mapping_ports"))
     priority = params["rule_priority"]
-    if not 0 < priority < 32765:
-        raise SpecError("rule_priority", "%d is outside 1-32764 (the rules use it and the next one)" % priority)
+    if not 0 < priority < 32764:
+        raise SpecError("rule_priority", "%d is outside 1-32763 (the rules use it and the next two, all before "
+                        "the main table's rule at 32766)" % priority)
     reply_mark = params["reply_mark"]
     if not 0 < reply_mark < 2 ** 32 or reply_mark & (reply_mark - 1):
         raise SpecError("reply_mark", "%#x is not a single mark bit" % reply_mark)
-    table = _table("route_table", params["route_table"])
-    if table in TABLE_NAMES.values():
-        raise SpecError("route_table", "cube-router needs its own table, not %s" % table_text(table))
+    table = routing.resolve_table(params["route_table"], TABLE_NAMES, "route_table")
+    if table in routing.BUILTIN_TABLE_NAMES:
+        raise SpecError("route_table", "cube-router needs its own table, not %s" % routing.BUILTIN_TABLE_NAMES[table])
     tunnels = [normalize_tunnel(i, t) for i, t in enumerate(params.get("tunnels") or [])]
     names = [device, peer_name(device)] + [t["name"] for t in tunnels]
     if len(set(names)) != len(names):
@@ -271,35 +228,50 @@ def build_spec(params, addresses):
         "route_table": table,
         "rule_priority": priority,
         "reply_mark": reply_mark,
-        "routes": [normalize_route(i, r) for i, r in enumerate(params.get("routes") or [])],
-        "rules": [normalize_rule(i, r) for i, r in enumerate(params.get("rules") or [])],
+        "routes": [route_record(normalize_route(i, r)) for i, r in enumerate(params.get("routes") or [])],
+        "rules": [rule_record(normalize_rule(i, r)) for i, r in enumerate(params.get("rules") or [])],
         "tunnels": tunnels,
     }
 
 
 # ----- the wanted state -----
 
+def operator_routes(spec):
+    return [record_route(record) for record in spec["routes"]]
+
+
+def operator_rules(spec):
+    return [record_rule(record) for record in spec["rules"]]
+
+
 def own_routes(spec):
     device, nat_ip, table = spec["device"], spec["nat_ip"], spec["route_table"]
     if nat_ip is None:  # removal without a record: only the table identifies them
         return []
     return [
-        {"type": "unicast", "dst": "%s/32" % nat_ip, "dev": device, "table": 254},
-        {"type": "unicast", "dst": "default", "via": nat_ip, "dev": device, "onlink": True, "table": table},
-        {"type": "throw", "dst": spec["sandbox_cidr"], "table": table},
+        Route("ipv4", MAIN_TABLE, "%s/32" % nat_ip, 0, "unicast", None, device, None, "link", False, None),
+        Route("ipv4", table, "0.0.0.0/0", 0, "unicast", nat_ip, device, None, "global", True, None),
+        Route("ipv4", table, spec["sandbox_cidr"], 0, "throw", None, None, None, "global", False, None),
     ]
 
 
 def own_rules(spec):
     priority, table, mark = spec["rule_priority"], spec["route_table"], spec["reply_mark"]
-    # Packets the loop hands back on the device carry the NAT IP, which may be inside a source CIDR.
-    rules = [{"priority": priority, "iif": spec["device"], "table": 254}]
+
+    def rule(prio, src=None, iif=None, fwmark=None, lookup=MAIN_TABLE, action="lookup"):
+        return Rule("ipv4", prio, src, None, iif, None, fwmark, fwmark, False, action,
+                    lookup if action == "lookup" else None)
+
+    # Packets the loop hands back on the device carry the NAT IP, which may be inside a source CIDR:
+    # the main table routes them, and what it has no route for (a host without a default route) is
+    # refused next, instead of falling through to the steering rules and into the device again.
+    rules = [rule(priority, iif=spec["device"]), rule(priority + 1, iif=spec["device"], action="unreachable")]
     # Replies of connections that did not start in a sandbox (port mapping, in-cluster peers) keep
     # the host's routing: the prerouting chain marks them.
-    rules += [{"priority": priority, "from": cidr, "fwmark": mark, "table": 254} for cidr in spec["source_cidrs"]]
-    rules += [{"priority": priority, "iif": name, "fwmark": mark, "table": 254} for name in spec["source_interfaces"]]
-    rules += [{"priority": priority + 1, "from": cidr, "table": table} for cidr in spec["source_cidrs"]]
-    rules += [{"priority": priority + 1, "iif": name, "table": table} for name in spec["source_interfaces"]]
+    rules += [rule(priority, src=cidr, fwmark=mark) for cidr in spec["source_cidrs"]]
+    rules += [rule(priority, iif=name, fwmark=mark) for name in spec["source_interfaces"]]
+    rules += [rule(priority + 2, src=cidr, lookup=table) for cidr in spec["source_cidrs"]]
+    rules += [rule(priority + 2, iif=name, lookup=table) for name in spec["source_interfaces"]]
     return rules
 
 
@@ -334,7 +306,7 @@ def render_nft(spec):
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ] + normalise + [
         masquerade % ("tcp", " to :%d-65535" % spec["snat_port_min"]),
-        masquerade % ("udp", ""),
+        masquerade % ("udp", " to :%d-65535" % spec["snat_port_min"]),
         masquerade % ("icmp", ""),
         "\t}",
         "}",
@@ -345,11 +317,11 @@ def render_nft(spec):
 def wanted_state(spec, device_kind):
     device = spec["device"]
     return {
-        "device": "%s kind %s up rp_filter 2" % (device, device_kind),
+        "device": "%s kind %s up rp_filter 2 accept_local 1" % (device, device_kind),
         "addresses": ["%s dev %s" % (spec["router_cidr"], device)],
         "neighbours": ["%s lladdr %s dev %s nud permanent" % (spec["nat_ip"], DEVICE_MAC, device)],
-        "routes": sorted(route_text(r) for r in own_routes(spec) + spec["routes"]),
-        "rules": sorted(rule_text(r) for r in own_rules(spec) + spec["rules"]),
+        "routes": sorted(route_text(r) for r in own_routes(spec) + operator_routes(spec)),
+        "rules": sorted(rule_text(r) for r in own_rules(spec) + operator_rules(spec)),
         "steering": [steering_text(device)],
         "sysctl": {"net.ipv4.ip_forward": "1"},
         "tunnels": sorted(tunnel_state_text(t) for t in spec["tunnels"]),
@@ -368,13 +340,16 @@ def _teardown_lines(spec, restore_routes):
     device = spec["device"]
     lines = ["# Remove what a previous run left (every step tolerates absence)."]
     lines += ["ip link del dev %s 2>/dev/null || true" % name for name in [device] + [t["name"] for t in spec["tunnels"]]]
-    for rule in own_rules(spec) + spec["rules"]:
+    for rule in own_rules(spec) + operator_rules(spec):
         lines.append("while ip rule del %s 2>/dev/null; do :; done" % rule_text(rule))
+    # Earlier releases steered at rule_priority + 1.
+    lines.append("while ip rule del pref %d lookup %d 2>/dev/null; do :; done"
+                 % (spec["rule_priority"] + 1, spec["route_table"]))
     lines.append("ip route flush table %d 2>/dev/null || true" % spec["route_table"])
     lines.append("nft delete table ip %s 2>/dev/null || true" % NFT_TABLE)
     if restore_routes is not None:
-        lines += ["ip route del %s 2>/dev/null || true" % route_text(r) for r in spec["routes"]]
-        lines += ["ip route replace %s" % route_text(r) for r in restore_routes]
+        lines += ["ip route del %s 2>/dev/null || true" % route_text(r) for r in operator_routes(spec)]
+        lines += ["ip route replace %s" % route_text(record_route(r)) for r in restore_routes]
     return lines
 
 
@@ -409,6 +384,9 @@ def render_apply(spec, nft_path):
         "ip addr replace %s dev %s" % (spec["router_cidr"], device),
         # Replies reach sandbox sources through the device, so the reverse path is not the device.
         "sysctl -qw net.ipv4.conf.%s.rp_filter=2" % device.replace(".", "/"),
+        # ICMP errors the host sends about sandbox traffic (net unreachable, fragmentation needed) go to
+        # the NAT IP from the router IP and loop back in on the device: accept that local source.
+        "sysctl -qw net.ipv4.conf.%s.accept_local=1" % device.replace(".", "/"),
         "ip neigh replace %s lladdr \"$(cat /sys/class/net/%s/address)\" dev %s nud permanent"
         % (spec["nat_ip"], device, device),
         "# Egress of the device loops back into its ingress: the kernel receives the packet on it.",
@@ -418,9 +396,9 @@ def render_apply(spec, nft_path):
         "sysctl -qw net.ipv4.ip_forward=1",
         "# Routes: the NAT IP, the cube-router table, then the operator's routes.",
     ]
-    lines += ["ip route replace %s" % route_text(r) for r in own_routes(spec) + spec["routes"]]
+    lines += ["ip route replace %s" % route_text(r) for r in own_routes(spec) + operator_routes(spec)]
     lines.append("# Rules: steer sandbox sources into the cube-router table, then the operator's rules.")
-    for rule in own_rules(spec) + spec["rules"]:
+    for rule in own_rules(spec) + operator_rules(spec):
         lines.append("ip rule add %s" % rule_text(rule))
     return "\n".join(lines) + "\n"
 

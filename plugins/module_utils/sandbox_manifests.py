@@ -18,11 +18,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
-import ipaddress
 import json
 import re
 
 from ansible.module_utils.six import text_type
+
+try:
+    import netaddr
+except ImportError:  # reported when an address is checked
+    netaddr = None
 
 DEFAULT_NAMESPACE = "liteboxd-sandbox"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -72,11 +76,22 @@ def check_name(value, option):
     return value
 
 
+def _netaddr(option):
+    if netaddr is None:
+        raise ManifestError("%s: checking addresses needs the netaddr Python library on the controller" % option)
+
+
 def check_cidr(value, option, version=None):
     """A network in canonical form (no host bits), optionally of one IP version."""
+    addr, sep, plen = text_type(value).partition("/")
+    _netaddr(option)
     try:
-        network = ipaddress.ip_network(text_type(value), strict=False)
-    except ValueError:
+        # The address strictly (INET_PTON): older netaddr would read "10.1" as 10.1.0.0.
+        ip = netaddr.IPAddress(addr, flags=netaddr.INET_PTON)
+        if sep and not (plen.isdigit() and int(plen) <= (32 if ip.version == 4 else 128)):
+            raise ValueError(plen)
+        network = netaddr.IPNetwork("%s/%s" % (ip, plen if sep else ip.netmask_bits())).cidr
+    except (netaddr.AddrFormatError, ValueError, TypeError):
         raise ManifestError("%s: %r is not a CIDR (e.g. 10.0.0.0/8)" % (option, value))
     if "/" not in text_type(value):
         raise ManifestError("%s: %r has no prefix length (e.g. %s/32)" % (option, value, value))
@@ -92,9 +107,10 @@ def check_cidrs(values, option, version=None):
 
 
 def check_ipv4(value, option):
+    _netaddr(option)
     try:
-        return text_type(ipaddress.IPv4Address(text_type(value)))
-    except ValueError:
+        return text_type(netaddr.IPAddress(text_type(value), 4, flags=netaddr.INET_PTON))
+    except (netaddr.AddrFormatError, ValueError, TypeError):
         raise ManifestError("%s: %r is not an IPv4 address" % (option, value))
 
 
@@ -140,11 +156,8 @@ def domain_selector(value, option):
     wildcard = name.startswith("*.")
     host = name[2:] if wildcard else name
     labels = host.split(".")
-    try:
-        ipaddress.ip_address(host)
-        is_address = True
-    except ValueError:
-        is_address = False
+    _netaddr(option)
+    is_address = netaddr.valid_ipv4(host, netaddr.INET_PTON) or netaddr.valid_ipv6(host)
     if (is_address or len(host) > 253 or len(labels) < (2 if wildcard else 1)
             or not all(len(label) <= 63 and _HOST_LABEL.match(label) for label in labels)):
         raise ManifestError("%s: %r is not a domain name or a '*.' wildcard pattern (e.g. example.com, "

@@ -21,7 +21,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import email.utils
-import ipaddress
 import json
 import re
 import socket
@@ -29,6 +28,11 @@ import time
 
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 from ansible.module_utils.urls import open_url
+
+try:
+    import netaddr
+except ImportError:  # reported when addresses are checked
+    netaddr = None
 
 NETWORK_ID_PATTERN = re.compile(r"^[0-9a-fA-F]{16}$")
 NODE_ID_PATTERN = re.compile(r"^[0-9a-fA-F]{10}$")
@@ -80,15 +84,17 @@ def canonical_ip_assignments(values, option="ip_assignments"):
     The controller reports IPv6 addresses in full form and may reorder the list, so comparing
     canonical, sorted forms is what makes the member module idempotent.
     """
+    if netaddr is None:
+        raise ZeroTierError("%s: checking addresses needs the netaddr Python library on the controller" % option)
     result = []
     for value in values:
         try:
-            result.append(ipaddress.ip_address(str(value).strip()))
-        except ValueError:
+            result.append(netaddr.IPAddress(str(value).strip(), flags=netaddr.INET_PTON))
+        except (netaddr.AddrFormatError, ValueError, TypeError):
             raise ZeroTierError(
                 "%s: %r is not an IP address (give plain addresses such as 10.147.17.5, without a prefix length)"
                 % (option, value))
-    return [str(addr) for addr in sorted(set(result), key=lambda a: (a.version, a))]
+    return [str(addr) for addr in sorted(set(result), key=lambda a: (a.version, int(a)))]
 
 
 def read_token_file(path):

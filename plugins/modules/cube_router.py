@@ -25,11 +25,13 @@ description:
     address + 1 and the NAT IP + 2, and the CIDR must not overlap any interface address or any host route on
     another link. The NAT IP must differ from the router IP and must not be a local address. A broken rule
     fails before anything is changed, with the rule's name in RV(rule).
-  - Host state for O(state=present) - the device up with the router IP; a permanent neighbour entry and a /32
-    route for the NAT IP; C(net.ipv4.ip_forward=1); an own routing table (O(route_table)) and rules steering
-    the sandbox sources into it; a tc loop from the device's egress to its ingress; and the nftables table
+  - Host state for O(state=present) - the device up with the router IP (C(rp_filter=2), C(accept_local=1)); a
+    permanent neighbour entry and a /32 route for the NAT IP; C(net.ipv4.ip_forward=1); an own routing table
+    (O(route_table)) and rules steering the sandbox sources into it (what the device hands back and the main
+    table cannot route is refused, never steered again); a tc loop from the device's egress to its ingress; and the nftables table
     C(ip liteboxd_cube_router) with the FORWARD accepts, the SNAT to the NAT IP and the
-    C(nat POSTROUTING -s <nat-ip> ! -o <device>) MASQUERADE (TCP to ports O(snat_port_min)-65535, UDP, ICMP).
+    C(nat POSTROUTING -s <nat-ip> ! -o <device>) MASQUERADE (TCP and UDP to source ports O(snat_port_min)-65535,
+    ICMP).
   - The device is a C(dummy) link where the kernel has that type; otherwise a C(veth) pair whose peer
     (the device name cut to 13 characters plus C(-p)) only gives the device its carrier. RV(device_kind) says which.
   - Everything is rendered into one script under O(state_dir) that the module runs and, with O(persist), an
@@ -39,9 +41,16 @@ description:
   - Enabling (or recreating) cube-router interrupts existing outbound connections of running sandboxes;
     the module says so in a warning. The host's default route is never touched unless O(routes) says so.
 requirements:
-  - pyroute2
   - netaddr
   - iproute2 (C(ip), C(tc)) and nftables (C(nft)) on the host
+extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.linux
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   state:
     description: Whether route-aware egress is configured (V(present)) or removed without a trace (V(absent)).
@@ -64,9 +73,19 @@ options:
     default: cube-router
   snat_port_min:
     description:
-      - Lowest source port of the final TCP MASQUERADE (up to 65535); keep it above the port-mapping range.
+      - Lowest source port of the final TCP and UDP MASQUERADE (up to 65535). The default is CubeSandbox's
+        SNAT range, 30000-65535.
+      - It must stay above O(port_mapping_ports), or the module fails before any change.
     type: int
-    default: 20000
+    default: 30000
+  port_mapping_ports:
+    description:
+      - The host ports port mappings use on this host, V(low-high) - CubeSandbox's network-agent publishes
+        sandbox ports from C(host_port_min)-C(host_port_max) of its Cubelet config, 20000-29999 by default.
+      - A MASQUERADE source port there could take the port of a published sandbox port, so O(snat_port_min)
+        must be above this range. An empty string says nothing on this host maps ports and turns the check off.
+    type: str
+    default: 20000-29999
   sandbox_sources:
     description:
       - Where sandbox traffic enters the host - IPv4 CIDRs (matched by source address) and/or interface
@@ -79,8 +98,11 @@ options:
     default: 3626
   rule_priority:
     description:
-      - Priority of the rule that routes packets coming back from the device by the main table; the steering
-        rules use the next priority. Operator rules that should win over steering need a lower number.
+      - Priority of the rule that routes packets coming back from the device by the main table (1 to 32763).
+        At the next priority, what the main table has no route for (a host without a default route) is
+        refused (ICMP net unreachable) instead of being steered into the device again; the steering
+        rules use the priority after that. Operator rules for sandbox traffic, including rules for what the
+        device hands back, need a lower number.
     type: int
     default: 30100
   reply_mark:
@@ -121,7 +143,7 @@ options:
       type:
         description: Route type.
         type: str
-        choices: [unicast, throw, unreachable, blackhole, prohibit]
+        choices: [unicast, unreachable, blackhole, throw, prohibit]
         default: unicast
       onlink:
         description: Treat the gateway as directly reachable on O(routes[].dev).
@@ -255,6 +277,11 @@ router_ip:
   returned: state is present
   type: str
   sample: 192.168.63.253
+router_cidr:
+  description: The router IP with the prefix length it has on the device (always C(/32)).
+  returned: state is present
+  type: str
+  sample: 192.168.63.253/32
 nat_ip:
   description: Internal SNAT IP sandbox traffic is normalised to.
   returned: state is present
@@ -303,40 +330,25 @@ from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import cu
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_router_addresses import (
     CubeRouterAddressError,
     derive_addresses,
-    netaddr,
 )
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_router_host import (
-    IPRoute,
     HostReader,
     dummy_available,
+    link_name,
+)
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.routing import (
+    DECLARABLE_ROUTE_TYPES,
+    SpecError,
+    atomic_write,
+    netaddr,
+    read_file,
+    remove_file,
 )
 
 STATE_FILE = "state.json"
 APPLY = "apply.sh"
 TEARDOWN = "teardown.sh"
 NFT = "cube-router.nft"
-
-
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except IOError:
-        return None
-
-
-def _write(path, text, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
-
-
-def _remove(path):
-    if os.path.lexists(path):
-        os.unlink(path)
 
 
 class CubeRouter(object):
@@ -346,7 +358,7 @@ class CubeRouter(object):
         self.paths = dict((name, os.path.join(params["state_dir"], name)) for name in (STATE_FILE, APPLY, TEARDOWN, NFT))
         self.unit = os.path.join(params["unit_dir"], cr.UNIT_NAME)
         self.wants = os.path.join(params["unit_dir"], "multi-user.target.wants", cr.UNIT_NAME)
-        record = _read(self.paths[STATE_FILE])
+        record = read_file(self.paths[STATE_FILE])
         self.previous = json.loads(record) if record else None
         self.reader = HostReader(module.run_command)
 
@@ -364,7 +376,7 @@ class CubeRouter(object):
 
     def remove_files(self):
         for path in list(self.paths.values()) + [self.unit, self.wants]:
-            _remove(path)
+            remove_file(path)
         state_dir = self.module.params["state_dir"]
         if os.path.isdir(state_dir) and not os.listdir(state_dir):
             os.rmdir(state_dir)
@@ -374,7 +386,7 @@ class CubeRouter(object):
         """{path: sha256 or None} of the rendered files and the unit's enablement link."""
         state = {}
         for path in wanted:
-            text = _read(path)
+            text = read_file(path)
             state[path] = cr.sha256(text) if text is not None else None
         state[self.wants] = os.path.realpath(self.wants) if os.path.lexists(self.wants) else None
         return state
@@ -386,19 +398,21 @@ class CubeRouter(object):
     # ----- present -----
 
     def addresses(self, params):
-        main_routes = [r for r in self.reader.routes if r["table"] == 254]
+        main_routes = [cr.route_record(r) for r in self.reader.routes if r.table == cr.MAIN_TABLE]
         try:
             return derive_addresses(params["sandbox_cidr"], cidr=params["cidr"], device=params["device"],
                                     interface_addresses=self.reader.addresses, routes=main_routes)
         except CubeRouterAddressError as exc:
             self.module.fail_json(msg=str(exc), rule=exc.rule, changes=[])
+        except SpecError as exc:
+            self.module.fail_json(msg=str(exc), changes=[])
 
     def present(self):
         module, params = self.module, self.module.params
         addresses = self.addresses(params)
         try:
             spec = cr.build_spec(params, addresses)
-        except cr.SpecError as exc:
+        except SpecError as exc:
             module.fail_json(msg=str(exc), changes=[])
         previous = self.previous["spec"] if self.previous else None
         existing_kind = self.reader.device_kind(spec["device"])
@@ -409,7 +423,7 @@ class CubeRouter(object):
                 module.fail_json(msg="device: %s already exists as a %s link that this module did not create"
                                  % (spec["device"], existing_kind), changes=[])
         created = set([spec["device"], spec["peer"]] + [t["name"] for t in spec["tunnels"]])
-        known = set(link.get_attr("IFLA_IFNAME") for link in self.reader.links) | created
+        known = set(link_name(link) for link in self.reader.links) | created
         for option, items in (("routes", spec["routes"]), ("tunnels", spec["tunnels"])):
             for index, item in enumerate(items):
                 if item.get("dev") and item["dev"] not in known:
@@ -432,10 +446,10 @@ class CubeRouter(object):
         forwarding_before = self.previous["forwarding_before"] if self.previous else self.reader.forwarding()
         # Host routes the operator routes replaced: those still replaced are carried over (a previous
         # teardown restores the others), newly replaced ones are read from the host.
-        keys = set(cr.route_key(r) for r in spec["routes"])
-        replaced = dict((cr.route_text(r), r) for r in (self.previous or {}).get("replaced_routes", [])
-                        if cr.route_key(r) in keys)
-        replaced.update((cr.route_text(r), r) for r in self.reader.replaced_routes(
+        keys = set(r.key for r in cr.operator_routes(spec))
+        replaced = dict((cr.route_text(cr.record_route(r)), r) for r in (self.previous or {}).get("replaced_routes", [])
+                        if cr.record_route(r).key in keys)
+        replaced.update((cr.route_text(cr.record_route(r)), r) for r in self.reader.replaced_routes(
             spec, previous["routes"] if previous else []))
         replaced = [replaced[text] for text in sorted(replaced)]
         files = {
@@ -466,7 +480,7 @@ class CubeRouter(object):
             if previous and previous != spec:
                 self.run_script_text(cr.render_teardown(previous, self.previous.get("replaced_routes", []), None))
         for path, text in files.items():
-            _write(path, text, 0o755 if path.endswith(".sh") else 0o644)
+            atomic_write(module, path, text, 0o755 if path.endswith(".sh") else 0o644)
         if host_changes:
             self.run_script(self.paths[APPLY], cleanup=files[self.paths[TEARDOWN]])
         if params["persist"]:
@@ -474,19 +488,19 @@ class CubeRouter(object):
                 os.makedirs(os.path.dirname(self.wants), exist_ok=True)
                 os.symlink(self.unit, self.wants)
         else:
-            _remove(self.unit)
-            _remove(self.wants)
+            remove_file(self.unit)
+            remove_file(self.wants)
         self.systemd_reload()
         self.reader = HostReader(module.run_command)
         kind = self.reader.device_kind(spec["device"])
         record = dict(spec=spec, replaced_routes=replaced, forwarding_before=forwarding_before, device_kind=kind,
                       firewall_sha=cr.sha256(wanted["firewall"]), firewall_json=self.reader.nft_json())
-        _write(self.paths[STATE_FILE], json.dumps(record, indent=2, sort_keys=True) + "\n", 0o600)
+        atomic_write(module, self.paths[STATE_FILE], json.dumps(record, indent=2, sort_keys=True) + "\n", 0o600)
         return self.finish(result, kind, spec, before, after)
 
     def run_script_text(self, text):
         path = os.path.join(self.module.tmpdir, "cube-router-teardown.sh")
-        _write(path, text, 0o700)
+        atomic_write(self.module, path, text, 0o700)
         self.run_script(path)
 
     def finish(self, result, kind, spec, before, after):
@@ -516,7 +530,7 @@ class CubeRouter(object):
                                  % (spec["device"], self.reader.device_kind(spec["device"])), changes=[])
         before = self.reader.state([spec])
         paths = list(self.paths.values()) + [self.unit]
-        before["files"] = dict((p, cr.sha256(_read(p))) for p in paths if _read(p) is not None)
+        before["files"] = dict((p, cr.sha256(read_file(p))) for p in paths if read_file(p) is not None)
         if os.path.lexists(self.wants):
             before["files"][self.wants] = os.path.realpath(self.wants)
         after = cr.empty_state()
@@ -534,11 +548,11 @@ class CubeRouter(object):
         module.exit_json(**result)
 
 
-def main():
+def argument_spec():
     route_spec = dict(
         dst=dict(type="str", required=True), via=dict(type="str"), dev=dict(type="str"), src=dict(type="str"),
         metric=dict(type="int"), table=dict(type="str"),
-        type=dict(type="str", default="unicast", choices=list(cr.ROUTE_TYPES)),
+        type=dict(type="str", default="unicast", choices=list(DECLARABLE_ROUTE_TYPES)),
         onlink=dict(type="bool", default=False))
     rule_spec = {"priority": dict(type="int", required=True), "from": dict(type="str"), "to": dict(type="str"),
                  "iif": dict(type="str"), "oif": dict(type="str"), "table": dict(type="str", required=True)}
@@ -547,29 +561,32 @@ def main():
         local=dict(type="str"), remote=dict(type="str", required=True), vni=dict(type="int"),
         dstport=dict(type="int", default=4789), dev=dict(type="str"), ttl=dict(type="int", default=255),
         key=dict(type="int", no_log=False), address=dict(type="str"), mtu=dict(type="int"))
+    return dict(
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        sandbox_cidr=dict(type="str"),
+        cidr=dict(type="str"),
+        device=dict(type="str", default="cube-router"),
+        snat_port_min=dict(type="int", default=cr.SNAT_PORT_MIN),
+        port_mapping_ports=dict(type="str", default=cr.PORT_MAPPING_PORTS),
+        sandbox_sources=dict(type="list", elements="str"),
+        route_table=dict(type="int", default=3626),
+        rule_priority=dict(type="int", default=30100),
+        reply_mark=dict(type="int", default=0x10000000),
+        routes=dict(type="list", elements="dict", default=[], options=route_spec),
+        rules=dict(type="list", elements="dict", default=[], options=rule_spec),
+        tunnels=dict(type="list", elements="dict", default=[], options=tunnel_spec),
+        persist=dict(type="bool", default=True),
+        state_dir=dict(type="path", default="/etc/liteboxd/cube-router"),
+        unit_dir=dict(type="path", default="/etc/systemd/system"),
+    )
+
+
+def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            sandbox_cidr=dict(type="str"),
-            cidr=dict(type="str"),
-            device=dict(type="str", default="cube-router"),
-            snat_port_min=dict(type="int", default=20000),
-            sandbox_sources=dict(type="list", elements="str"),
-            route_table=dict(type="int", default=3626),
-            rule_priority=dict(type="int", default=30100),
-            reply_mark=dict(type="int", default=0x10000000),
-            routes=dict(type="list", elements="dict", default=[], options=route_spec),
-            rules=dict(type="list", elements="dict", default=[], options=rule_spec),
-            tunnels=dict(type="list", elements="dict", default=[], options=tunnel_spec),
-            persist=dict(type="bool", default=True),
-            state_dir=dict(type="path", default="/etc/liteboxd/cube-router"),
-            unit_dir=dict(type="path", default="/etc/systemd/system"),
-        ),
+        argument_spec=argument_spec(),
         required_if=[("state", "present", ["sandbox_cidr"])],
         supports_check_mode=True,
     )
-    if IPRoute is None:
-        module.fail_json(msg=missing_required_lib("pyroute2"))
     if netaddr is None:
         module.fail_json(msg=missing_required_lib("netaddr"))
     try:

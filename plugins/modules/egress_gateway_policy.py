@@ -22,17 +22,19 @@ description:
   - An object changed by hand is put back. O(state=absent) deletes the policy. Sandboxes with internet access
     then leave through their own node again, as the seed's rollback describes.
   - Cilium's datapath applies the policy. Here the API server validates and stores it.
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.kubernetes
   - liteboxd.sandbox_network.k8s_auth
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Writes are sent with server-side dry run, so the API server validates them and stores nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
 options:
   state:

@@ -20,7 +20,15 @@ author:
 requirements:
   - kubernetes
 extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.kubernetes
   - liteboxd.sandbox_network.k8s_auth
+attributes:
+  check_mode:
+    support: full
+    details: The patch is sent with server-side dry run, so the API server validates it and stores nothing.
+  diff_mode:
+    support: full
 options:
   name:
     description:
@@ -81,14 +89,18 @@ def label_patch(current, wanted, state):
     return patch or None
 
 
-def main():
-    argument_spec = dict(
+def argument_spec():
+    spec = dict(
         name=dict(type='str', required=True),
         labels=dict(type='dict', required=True),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
     )
-    argument_spec.update(k8s.AUTH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    spec.update(k8s.AUTH_ARG_SPEC)
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     name, state = module.params['name'], module.params['state']
     wanted = module.params['labels']
     if state == 'present':

@@ -31,7 +31,16 @@ author:
 requirements:
   - kubernetes
 extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.kubernetes
   - liteboxd.sandbox_network.k8s_auth
+attributes:
+  check_mode:
+    support: full
+    details: Reads only; check mode waits the same way.
+  diff_mode:
+    support: none
+    details: Reads only; there is nothing to show.
 options:
   names:
     description:

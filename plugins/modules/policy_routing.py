@@ -26,8 +26,15 @@ description:
 author:
   - LiteBoxd platform team (@liteboxd)
 requirements:
-  - pyroute2
   - netaddr
+extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.linux
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   tables:
     description:
@@ -173,8 +180,25 @@ options:
       - Directory of the per-table name files.
     type: path
     default: /etc/iproute2/rt_tables.d
+  batch_file:
+    description:
+      - Also write the present routes and rules of this task to this file (mode C(0644), replaced
+        atomically; a missing directory is created), for a service that re-applies them at boot and
+        when a device comes back. It holds C(route replace ...) lines for C(ip -batch), then C(rule [-6] <selector>)
+        lines to add when C(ip rule show) lacks them; tables are written by number.
+      - The file is rendered from the same routes and rules the module applies, so the two cannot
+        disagree. In check mode it is compared, not written (RV(batch_file.written) is false).
+    type: path
 notes:
   - Works in the network namespace it runs in (for example under C(ip netns exec)).
+  - Speed, measured with C(tests/bench/policy_routing_bench.py) (1,000 routes in 100 tables and 100 rules in
+    one task, the module run as Ansible runs it, on a 2-core machine) - the first apply takes 0.25-0.29 s and
+    a run that changes nothing 0.23-0.25 s (0.19-0.27 s under Debian 12's python3), where the same state as a
+    shell loop of C(ip) commands takes 0.8-1.0 s and its re-run 1.0-1.3 s (3.5-4x). About 0.14 s of each run
+    is the interpreter starting and importing AnsibleModule; validating the 1,000 route items and echoing
+    them in the result cost another 0.1 s. The module reads each object kind in one netlink dump, sends its
+    changes in batches and imports nothing heavier than netaddr. The design before (pyroute2, one request per
+    change) took 0.8-1.4 s and 0.5-0.65 s on the same machine.
   - A gateway the kernel cannot reach is only detected when the kernel refuses the route, so check
     mode cannot predict that failure; the real run then undoes its earlier changes and fails.
 '''
@@ -230,91 +254,105 @@ routes:
     added: ["default via 10.147.17.1 dev ztabcdef12 table zerotier-egress metric 100"]
     changed: []
     removed: []
+batch_file:
+  description: The boot-time file of O(batch_file), whether it differed and whether it was written (not in check mode).
+  returned: when O(batch_file) is set
+  type: dict
+  contains:
+    path:
+      description: The file.
+      type: str
+    changed:
+      description: Its content or mode differed from what the module renders.
+      type: bool
+    written:
+      description: The module wrote it in this run.
+      type: bool
+  sample: {"path": "/etc/liteboxd/egress-routing.ip", "changed": true, "written": true}
 '''
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import netlink
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import routing
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.netlink import KernelError, Session
+
+BATCH_FILE_MODE = 0o644
 
 
-def _declared_tables(params, names, rt_tables_dir):
-    """Validate the tables option; return (declared list, names view including them)."""
-    declared = []
-    view = dict(names)
-    seen_names, seen_ids = {}, {}
-    for index, spec in enumerate(params['tables']):
-        where = 'tables[%d]' % index
-        name = spec['name']
-        if name in seen_names:
-            raise netlink.SpecError('%s.name: %s is already declared in tables[%d]' % (where, name, seen_names[name]))
-        seen_names[name] = index
-        table_id = spec.get('id')
-        if spec['state'] == 'present':
-            if table_id is None:
-                raise netlink.SpecError('%s.id is required for a present table' % where)
-            if table_id in seen_ids:
-                raise netlink.SpecError('%s.id: table id clash: %d is also declared for tables[%d]'
-                                        % (where, table_id, seen_ids[table_id]))
-            seen_ids[table_id] = index
-            netlink.check_table_declaration(name, table_id, names, rt_tables_dir, where)
-            view[name] = (table_id, netlink.table_file_path(name, rt_tables_dir))
-        elif table_id is None and name in names:
-            table_id = names[name][0]
-        declared.append(dict(name=name, id=table_id, state=spec['state'], exclusive=spec['exclusive']))
-    return declared, view
+class Declaration:
+    """The task's routes and rules, normalised; ``origin`` maps a present route's key and a present
+    rule's selector to the item that declared it (``routes[3]``)."""
+
+    def __init__(self, params, names, tables):
+        # Absent items naming a table declared absent whose name is already gone are dropped: nothing
+        # in the kernel can be in it any more.
+        vanished = set(t.name for t in tables if t.state == 'absent' and t.id is None)
+        self.routes_present, self.routes_absent, self.rules_present, self.rules_absent = [], [], [], []
+        self.origin = {}
+        for index, spec in enumerate(params['routes']):
+            where, absent = 'routes[%d]' % index, spec['state'] == 'absent'
+            if absent and spec.get('table') in vanished:
+                continue
+            route = routing.normalize_route(spec, names, where, for_absent=absent)
+            if absent:
+                self.routes_absent.append(route)
+                continue
+            if route.key in self.origin:
+                raise routing.SpecError(where, 'same destination, table and metric as %s' % self.origin[route.key])
+            self.origin[route.key] = where
+            self.routes_present.append(route)
+        for index, spec in enumerate(params['rules']):
+            where, absent = 'rules[%d]' % index, spec['state'] == 'absent'
+            if absent and spec.get('table') in vanished:
+                continue
+            rule = routing.normalize_rule(spec, names, where, require_priority=not absent)
+            if absent:
+                self.rules_absent.append(rule)
+                continue
+            if rule.selector in self.origin:
+                raise routing.SpecError(where, 'priority clash with %s: same priority %d and selectors, so only the '
+                                        'older rule would ever match' % (self.origin[rule.selector], rule.priority))
+            self.origin[rule.selector] = where
+            self.rules_present.append(rule)
+        gone = dict((t.id, t.name) for t in tables if t.state == 'absent' and t.id is not None)
+        for item in self.routes_present + self.rules_present:
+            if item.table in gone:
+                where = self.origin[item.key if isinstance(item, routing.Route) else item.selector]
+                raise routing.SpecError(where + '.table', 'table %s is declared absent' % gone[item.table])
+
+    def families(self):
+        return set(item.family for item in self.routes_present + self.routes_absent
+                   + self.rules_present + self.rules_absent)
+
+    def check_against_host(self, kernel):
+        """Devices must exist and preferred sources be local addresses (read only when asked for)."""
+        links = kernel.ifindex()
+        local = None
+        for route in self.routes_present:
+            where = self.origin[route.key]
+            if route.dev and route.dev not in links:
+                raise routing.SpecError(where + '.dev', 'unknown device %s' % route.dev)
+            if route.src:
+                if local is None:
+                    local = set(a['attrs'].get('IFA_LOCAL') or a['attrs'].get('IFA_ADDRESS')
+                                for a in kernel.dump('address'))
+                if route.src not in local:
+                    raise routing.SpecError(where + '.src', '%s is not an address of this host' % route.src)
 
 
-def _declared_items(params, names, vanished):
-    """Normalise routes and rules; absent items naming a ``vanished`` table (declared absent and
-    already without a name) are dropped, as nothing in the kernel can be in it any more."""
-    routes_present, routes_absent, rules_present, rules_absent = [], [], [], []
-    for index, spec in enumerate(params['routes']):
-        where = 'routes[%d]' % index
-        absent = spec['state'] == 'absent'
-        if absent and spec.get('table') in vanished:
-            continue
-        route = netlink.normalize_route(spec, names, where, for_absent=absent)
-        route['where'] = where
-        (routes_absent if absent else routes_present).append(route)
-    for index, spec in enumerate(params['rules']):
-        where = 'rules[%d]' % index
-        absent = spec['state'] == 'absent'
-        if absent and spec.get('table') in vanished:
-            continue
-        rule = netlink.normalize_rule(spec, names, where, require_priority=not absent)
-        rule['where'] = where
-        (rules_absent if absent else rules_present).append(rule)
-    seen = {}
-    for route in routes_present:
-        key = netlink.route_key(route)
-        if key in seen:
-            raise netlink.SpecError('%s: same destination, table and metric as %s' % (route['where'], seen[key]))
-        seen[key] = route['where']
-    netlink.duplicate_selectors(rules_present)
-    return routes_present, routes_absent, rules_present, rules_absent
+def batch_file_content(declared, names):
+    tables = sorted(set('%d = %s' % (item.table, names[item.table])
+                        for item in declared.routes_present + declared.rules_present
+                        if item.table in names and item.table not in routing.BUILTIN_TABLE_NAMES))
+    lines = [
+        '# Managed by liteboxd.sandbox_network.policy_routing: the routes and rules it applied, re-applied at',
+        '# boot and when a device comes back. "route" lines are ip -batch commands; "rule" lines are added',
+        '# when "ip rule show" lacks them. Tables by number%s' % (': ' + ', '.join(tables) if tables else '.'),
+    ]
+    return '\n'.join(lines + routing.batch_lines(declared.routes_present, declared.rules_present)) + '\n'
 
 
-def _strip(item):
-    return dict((k, v) for k, v in item.items() if k != 'where')
-
-
-def _check_against_host(routes_present, links, addresses):
-    local = set(a['local'] for a in addresses)
-    for route in routes_present:
-        if route['dev'] and route['dev'] not in links:
-            raise netlink.SpecError('%s.dev: unknown device %s' % (route['where'], route['dev']))
-        if route['src'] and route['src'] not in local:
-            raise netlink.SpecError('%s.src: %s is not an address of this host' % (route['where'], route['src']))
-
-
-def _check_tables_used(declared, routes_present, rules_present):
-    gone = dict((t['id'], t['name']) for t in declared if t['state'] == 'absent' and t['id'] is not None)
-    for item in routes_present + rules_present:
-        if item['table'] in gone:
-            raise netlink.SpecError('%s.table: table %s is declared absent' % (item['where'], gone[item['table']]))
-
-
-def main():
+def argument_spec():
     table_spec = dict(
         name=dict(type='str', required=True),
         id=dict(type='int'),
@@ -329,166 +367,139 @@ def main():
         'oif': dict(type='str'),
         'fwmark': dict(type='str'),
         'table': dict(type='str'),
-        'action': dict(type='str', choices=list(netlink.DECLARABLE_RULE_ACTIONS), default='lookup'),
+        'action': dict(type='str', choices=list(routing.DECLARABLE_RULE_ACTIONS), default='lookup'),
         'family': dict(type='str', choices=['ipv4', 'ipv6']),
         'state': dict(type='str', choices=['present', 'absent'], default='present'),
     }
     route_spec = dict(
         dst=dict(type='str', required=True),
-        type=dict(type='str', choices=list(netlink.DECLARABLE_ROUTE_TYPES), default='unicast'),
+        type=dict(type='str', choices=list(routing.DECLARABLE_ROUTE_TYPES), default='unicast'),
         via=dict(type='str'),
         dev=dict(type='str'),
         src=dict(type='str'),
         metric=dict(type='int'),
         table=dict(type='str', default='main'),
-        scope=dict(type='str', choices=list(netlink.SCOPES)),
+        scope=dict(type='str', choices=list(routing.SCOPES)),
         family=dict(type='str', choices=['ipv4', 'ipv6']),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
     )
+    return dict(
+        tables=dict(type='list', elements='dict', options=table_spec, default=[]),
+        rules=dict(type='list', elements='dict', options=rule_spec, default=[]),
+        routes=dict(type='list', elements='dict', options=route_spec, default=[]),
+        rt_tables_dir=dict(type='path', default=routing.RT_TABLES_DIR),
+        batch_file=dict(type='path'),
+    )
+
+
+def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            tables=dict(type='list', elements='dict', options=table_spec, default=[]),
-            rules=dict(type='list', elements='dict', options=rule_spec, default=[]),
-            routes=dict(type='list', elements='dict', options=route_spec, default=[]),
-            rt_tables_dir=dict(type='path', default=netlink.RT_TABLES_DIR),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
-    if not netlink.HAS_NETADDR:
-        module.fail_json(msg=missing_required_lib('netaddr'), exception=str(netlink.NETADDR_IMPORT_ERROR))
-    if not netlink.HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(netlink.PYROUTE2_IMPORT_ERROR))
+    if routing.netaddr is None:
+        module.fail_json(msg=missing_required_lib('netaddr'), exception=str(routing.NETADDR_IMPORT_ERROR))
 
-    rt_tables_dir = module.params['rt_tables_dir']
+    rt_tables_dir, batch_file = module.params['rt_tables_dir'], module.params['batch_file']
     try:
-        names = netlink.read_table_names(rt_tables_dir)
-        declared, names_view = _declared_tables(module.params, names, rt_tables_dir)
-        vanished = set(t['name'] for t in declared if t['state'] == 'absent' and t['id'] is None)
-        routes_present, routes_absent, rules_present, rules_absent = _declared_items(module.params, names_view, vanished)
-        _check_tables_used(declared, routes_present, rules_present)
-    except netlink.SpecError as exc:
+        names = routing.read_table_names(rt_tables_dir)
+        tables, names_view = routing.declare_tables(module.params['tables'], names, rt_tables_dir)
+        declared = Declaration(module.params, names_view, tables)
+    except routing.SpecError as exc:
         module.fail_json(msg=str(exc))
 
-    with netlink.Netlink() as kernel:
+    table_names = routing.table_name_map(names_view)
+    with Session() as kernel:
         try:
-            _check_against_host(routes_present, kernel.links(), kernel.addresses())
-        except netlink.SpecError as exc:
+            declared.check_against_host(kernel)
+        except routing.SpecError as exc:
             module.fail_json(msg=str(exc))
-        families = sorted(set(i['family'] for i in routes_present + routes_absent + rules_present + rules_absent)
-                          | (set(['ipv4', 'ipv6']) if declared else set()))
-        current_routes = kernel.routes(families)
-        current_rules = kernel.rules(families)
+        families = declared.families() | (set(routing.FAMILIES) if tables else set())
+        family = routing.FAMILIES[families.pop()] if len(families) == 1 else 0
+        ifnames = kernel.ifnames()
+        current_routes = [r for r in (routing.route_from_msg(m, ifnames) for m in kernel.dump('route', family)) if r]
+        current_rules = [r for r in (routing.rule_from_msg(m) for m in kernel.dump('rule', family)) if r]
 
         # An absent table behaves as an exclusive table with nothing declared in it.
-        exclusive = set(t['id'] for t in declared if t['id'] is not None and (t['exclusive'] or t['state'] == 'absent'))
-        route_add, route_change, route_remove = netlink.plan_routes(
-            routes_present, routes_absent, current_routes, exclusive)
-        rule_add, rule_remove = netlink.plan_rules(
-            [_strip(r) for r in rules_present], [_strip(r) for r in rules_absent], current_rules, exclusive)
-        files_write, files_delete = netlink.plan_tables(declared, names, rt_tables_dir)
+        exclusive = set(t.id for t in tables if t.id is not None and (t.exclusive or t.state == 'absent'))
+        route_add, route_change, route_remove = routing.plan_routes(
+            declared.routes_present, declared.routes_absent, current_routes, exclusive)
+        rule_add, rule_remove = routing.plan_rules(declared.rules_present, declared.rules_absent, current_rules, exclusive)
+        wanted_files = [(t.path(rt_tables_dir), t.content(), 0o644) for t in tables if t.state == 'present']
+        if batch_file:
+            wanted_files.append((batch_file, batch_file_content(declared, table_names), BATCH_FILE_MODE))
+        files_write, files_delete = routing.plan_files(
+            wanted_files, [t.path(rt_tables_dir) for t in tables if t.state == 'absent'])
+        changes = routing.Changes(files_write, files_delete, route_add, route_change, route_remove,
+                                  rule_add, rule_remove, declared.origin)
 
-        table_names = netlink.table_name_map(names_view)
         result = dict(
-            changed=bool(route_add or route_change or route_remove or rule_add or rule_remove or files_write or files_delete),
-            tables=dict(written=[p for p, _c in files_write], removed=list(files_delete)),
-            rules=dict(added=[netlink.format_rule(r, table_names) for r in rule_add],
-                       removed=[netlink.format_rule(r, table_names) for r in rule_remove]),
-            routes=dict(added=[netlink.format_route(r, table_names) for r in route_add],
-                        changed=[dict(before=netlink.format_route(o, table_names), after=netlink.format_route(n, table_names))
+            changed=bool(changes),
+            tables=dict(written=[p for p, _c, _m in files_write if p != batch_file], removed=files_delete),
+            rules=dict(added=[routing.rule_show_text(r, table_names) for r in rule_add],
+                       removed=[routing.rule_show_text(r, table_names) for r in rule_remove]),
+            routes=dict(added=[routing.route_text(r, table_names) for r in route_add],
+                        changed=[dict(before=routing.route_text(o, table_names), after=routing.route_text(n, table_names))
                                  for o, n in route_change],
-                        removed=[netlink.format_route(r, table_names) for r in route_remove]),
+                        removed=[routing.route_text(r, table_names) for r in route_remove]),
         )
+        if batch_file:
+            batch_changed = any(p == batch_file for p, _c, _m in files_write)
+            result['batch_file'] = dict(path=batch_file, changed=batch_changed,
+                                        written=batch_changed and not module.check_mode)
         if module._diff:
-            result['diff'] = _diff(declared, rt_tables_dir, table_names, exclusive, routes_present + routes_absent,
-                                   rules_present + rules_absent, current_routes, current_rules,
-                                   (route_add, route_change, route_remove), (rule_add, rule_remove),
-                                   (files_write, files_delete))
-        if result['changed'] and not module.check_mode:
+            result['diff'] = _diff(tables, rt_tables_dir, batch_file, table_names, exclusive, declared,
+                                   current_routes, current_rules, changes)
+        if changes and not module.check_mode:
             try:
-                _apply(kernel, files_write, files_delete, route_add, route_change, route_remove, rule_add, rule_remove)
-            except netlink.ApplyError as exc:
+                changes.apply(kernel, lambda path, content, mode: routing.atomic_write(module, path, content, mode),
+                              routing.remove_file)
+            except routing.ApplyError as exc:
                 module.fail_json(msg='%s; %s' % (exc, 'the changes made before it were undone' if exc.undone
                                                  else 'undoing the earlier changes failed too, check the host'),
                                  **result)
+            except KernelError as exc:
+                module.fail_json(msg='netlink: %s' % exc, **result)
     module.exit_json(**result)
 
 
-def _apply(kernel, files_write, files_delete, route_add, route_change, route_remove, rule_add, rule_remove):
-    """Order keeps traffic fail-closed: names first, routes before the rules that lead to them,
-    rules removed before the routes behind them."""
-    journal = netlink.Journal()
-    for path, content in files_write:
-        previous = netlink._read(path)
-        journal.run(lambda p=path, c=content: netlink.write_file(p, c),
-                    lambda p=path, old=previous: netlink.restore_file(p, old), 'writing %s' % path)
-    for route in route_add:
-        journal.run(lambda r=route: kernel.add_route(r), lambda r=route: kernel.delete_route(r),
-                    'adding route %s (%s)' % (netlink.format_route(route), route['where']))
-    for old, new in route_change:
-        journal.run(lambda r=new: kernel.replace_route(r), lambda r=old: kernel.replace_route(r),
-                    'replacing route %s with %s (%s)' % (netlink.format_route(old), netlink.format_route(new), new['where']))
-    for rule in rule_add:
-        journal.run(lambda r=rule: kernel.add_rule(r), lambda r=rule: kernel.delete_rule(r),
-                    'adding rule %s' % netlink.format_rule(rule))
-    for rule in rule_remove:
-        journal.run(lambda r=rule: kernel.delete_rule(r), lambda r=rule: kernel.add_rule(r),
-                    'removing rule %s' % netlink.format_rule(rule))
-    for route in route_remove:
-        journal.run(lambda r=route: kernel.delete_route(r), lambda r=route: kernel.add_route(r),
-                    'removing route %s' % netlink.format_route(route))
-    for path in files_delete:
-        previous = netlink._read(path)
-        journal.run(lambda p=path: netlink.restore_file(p, None),
-                    lambda p=path, old=previous: netlink.restore_file(p, old), 'removing %s' % path)
-
-
-def _diff(declared, rt_tables_dir, table_names, exclusive, routes_declared, rules_declared,
-          current_routes, current_rules, route_plan, rule_plan, file_plan):
+def _diff(tables, rt_tables_dir, batch_file, table_names, exclusive, declared, current_routes, current_rules, changes):
     """Before/after of everything this task touches or declares, as ip-like text."""
-    route_add, route_change, route_remove = route_plan
-    rule_add, rule_remove = rule_plan
-    files_write, files_delete = file_plan
-    declared_keys = set(netlink.route_key(r) for r in routes_declared)
-    changed_old = [o for o, _n in route_change]
-    before_routes = [r for r in current_routes
-                     if r['table'] in exclusive or netlink.route_key(r) in declared_keys]
-    after_routes = [r for r in before_routes if r not in route_remove and r not in changed_old]
-    after_routes += route_add + [n for _o, n in route_change]
+    declared_keys = set(r.key for r in declared.routes_present + declared.routes_absent)
+    changed_old = [old for old, _new in changes.route_change]
+    before_routes = [r for r in current_routes if r.table in exclusive or r.key in declared_keys]
+    after_routes = [r for r in before_routes if r not in changes.route_remove and r not in changed_old]
+    after_routes += changes.route_add + [new for _old, new in changes.route_change]
 
-    declared_rules = [_strip(r) for r in rules_declared]
+    declared_rules = declared.rules_present + declared.rules_absent
     before_rules = [r for r in current_rules
-                    if r in rule_remove or any(netlink.rule_selects(d, r) for d in declared_rules)
-                    or (r['action'] == 'lookup' and r['table'] in exclusive)]
-    after_rules = [r for r in before_rules if r not in rule_remove] + rule_add
+                    if r in changes.rule_remove or any(routing.rule_selects(d, r) for d in declared_rules)
+                    or (r.action == 'lookup' and r.table in exclusive)]
+    after_rules = [r for r in before_rules if r not in changes.rule_remove] + changes.rule_add
+
+    written = dict((path, content) for path, content, _mode in changes.files_write)
+    paths = [t.path(rt_tables_dir) for t in tables] + ([batch_file] if batch_file else [])
 
     def files(after):
-        lines = []
-        for table in declared:
-            path = netlink.table_file_path(table['name'], rt_tables_dir)
-            content = dict(files_write).get(path) if after else None
-            if content is None and not (after and path in files_delete):
-                content = netlink._read(path)
+        parts = []
+        for path in paths:
+            content = written.get(path) if after else None
+            if content is None and not (after and path in changes.files_delete):
+                content = routing.read_file(path)
             if content:
-                lines.append('# %s\n%s' % (path, content))
-        return ''.join(lines)
+                parts.append('# %s\n%s' % (path, content))
+        return ''.join(parts)
 
     def text(routes, rules, after):
         parts = [files(after), '# ip rule\n']
-        parts += ['%s\n' % netlink.format_rule(r, table_names) for r in sorted(rules, key=_rule_order)]
+        parts += ['%s\n' % routing.rule_show_text(r, table_names)
+                  for r in sorted(rules, key=lambda r: (r.family, r.priority or 0, routing.rule_text(r)))]
         parts.append('# ip route\n')
-        parts += ['%s\n' % netlink.format_route(r, table_names) for r in sorted(routes, key=_route_order)]
+        parts += ['%s\n' % routing.route_text(r, table_names) for r in sorted(routes, key=lambda r: r.key)]
         return ''.join(parts)
 
     return dict(before=text(before_routes, before_rules, False), after=text(after_routes, after_rules, True),
                 before_header='kernel before', after_header='kernel after')
-
-
-def _route_order(route):
-    return (route['family'], route['table'], route['dst'], route['metric'])
-
-
-def _rule_order(rule):
-    return (rule['family'], rule['priority'] or 0, netlink.format_rule(rule))
 
 
 if __name__ == '__main__':

@@ -16,10 +16,13 @@ description:
     the labels the network policies and the gateway select, C(liteboxd.io/sandbox=true),
     C(liteboxd.io/sandbox-id=<name>) and C(app.kubernetes.io/managed-by=liteboxd.sandbox_network).
     C(liteboxd.io/internet-access=true) is added when O(network.allow_internet_access) is set.
-  - On creation only, generates an access token (C(secrets.token_urlsafe(32)), 256 bits). It is stored in the
+  - On creation only, generates an access token (256 random bits from Python's C(secrets.token_urlsafe)). It is stored in the
     annotation C(liteboxd.io/access-token), or only its SHA-256 (lowercase hex) in
     C(liteboxd.io/access-token-sha256) with O(token_storage=hash). It is returned once, in RV(access_token).
     Later runs keep it. O(rotate_token=true) replaces it and returns the new one.
+  - When a step after the Pod was written fails (the domain policy, or the wait for Ready), the module fails
+    with C(changed=true) and, when it made a new token, still returns it in RV(access_token), so a wait
+    timeout never loses the token. Catch the failure with C(block)/C(rescue) to keep it (see EXAMPLES).
   - Changing only O(network) patches the Pod's labels and the sandbox's domain policy in place, so the
     sandbox keeps running. Changing the Pod spec (O(image), O(command), O(env), O(ports), O(resources)) fails
     unless O(recreate=true), because a Pod's spec cannot be changed in place.
@@ -29,19 +32,25 @@ description:
   - The Pod mounts no service-account token and gets no service links. A sandbox has no business with the
     Kubernetes API, and the base policies block it as well.
   - Enforcement of the network policies is Cilium's datapath on the nodes.
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.kubernetes
   - liteboxd.sandbox_network.k8s_auth
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Writes are sent with server-side dry run. No token is generated or returned in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
-    details: Token annotations are shown as C(<redacted>).
+    details:
+      - Token annotations are shown as C(<redacted>).
+      - Ansible prints no diff for a task with C(no_log=true), which a task returning a token should have. To
+        preview a change with C(--check --diff), run the task once in check mode without C(no_log) (check mode
+        returns no token), or register the result and show its C(diff) key.
 options:
   name:
     description:
@@ -161,6 +170,23 @@ EXAMPLES = r"""
       allow_internet_access: false
       allowed_domains: [pypi.org, files.pythonhosted.org, "*.github.com"]
     token_storage: hash
+  register: sandbox
+  no_log: true  # the result holds the access token
+
+- name: Create a sandbox and keep its token even when the wait for Ready times out
+  block:
+    - name: Sandbox with a 60 s wait
+      liteboxd.sandbox_network.sandbox:
+        name: sbx-9c01
+        image: ghcr.io/liteboxd/python-sandbox:3.12
+        ports: [8000]
+        wait_timeout: 60
+      register: sandbox
+      no_log: true  # the result holds the access token
+  rescue:
+    - name: Say why it failed; sandbox.access_token still holds the token when the Pod was created
+      ansible.builtin.fail:
+        msg: "{{ sandbox.msg }} (token returned: {{ sandbox.access_token is defined }})"
 
 - name: Delete it
   liteboxd.sandbox_network.sandbox:
@@ -173,7 +199,7 @@ access_token:
   description:
     - The access token (send it as C(X-Access-Token)). Returned only when the sandbox was created or the token
       rotated. Sensitive, so register the result under C(no_log).
-  returned: when created or rotated (not in check mode)
+  returned: when created or rotated (not in check mode), also in a failed result when a later step failed
   type: str
   sample: 3q2-7wEXAMPLEonlyZ1xk0mVbQdJ4YhWq9sPzLrT8c
 access_url:
@@ -283,6 +309,14 @@ class Sandbox(object):
         return manifests.sandbox_pod(self.name, self.namespace, self.spec, self.labels, token_annotations)
 
 
+class FailedAfterWrite(Exception):
+    """A failure after the Pod was written: ``result`` holds what the caller must still get (changed, the token)."""
+
+    def __init__(self, msg, result):
+        super(FailedAfterWrite, self).__init__(msg)
+        self.result = result
+
+
 def plan_token(sandbox, current):
     """(annotations, new token or None) for the Pod; raises ManifestError when it cannot be done."""
     p = sandbox.params
@@ -342,8 +376,12 @@ def present(client, sandbox, check_mode):
             desired = sandbox.pod(annotations)
             return dict(removed, after=desired, action="recreated", diff=k8s.diff_entry(
                 k8s.POD, sandbox.name, sandbox.namespace, current, desired, TOKEN_ANNOTATIONS)), None
-        k8s.wait_for(client, k8s.POD, sandbox.name, sandbox.namespace, lambda pod: pod is None, p["wait_timeout"],
-                     describe_pod)
+        try:
+            k8s.wait_for(client, k8s.POD, sandbox.name, sandbox.namespace, lambda pod: pod is None,
+                         p["wait_timeout"], describe_pod)
+        except k8s.K8sError as exc:
+            raise FailedAfterWrite("%s. The old Pod is being deleted; run again to create the new one" % exc,
+                                   dict(changed=True, actions={"pod": "deleted", "domain_policy": "unchanged"}))
         result = k8s.ensure_object(client, sandbox.pod(annotations), check_mode, own_spec=False, fetched=True,
                                    redact=TOKEN_ANNOTATIONS)
         result["action"] = "recreated"
@@ -381,21 +419,30 @@ def run(module, client, sandbox):
     pod_result, token = present(client, sandbox, check_mode)
     if pod_result["changed"]:
         diffs.append(pod_result["diff"])
-    policy = reconcile_domain_policy(client, sandbox, check_mode, diffs)
-    pod = pod_result["after"]
-    if p["wait"] and not check_mode and not manifests.pod_ready(pod):
-        pod = k8s.wait_for(client, k8s.POD, sandbox.name, sandbox.namespace, manifests.pod_ready, p["wait_timeout"],
-                           describe_pod)
+    written = dict(changed=pod_result["changed"], actions={"pod": pod_result["action"], "domain_policy": "unknown"})
+    if token:
+        written["access_token"] = token
+    try:
+        policy = reconcile_domain_policy(client, sandbox, check_mode, diffs)
+        written["changed"] = written["changed"] or policy["changed"]
+        written["actions"]["domain_policy"] = policy["action"]
+        pod = pod_result["after"]
+        if p["wait"] and not check_mode and not manifests.pod_ready(pod):
+            pod = k8s.wait_for(client, k8s.POD, sandbox.name, sandbox.namespace, manifests.pod_ready,
+                               p["wait_timeout"], describe_pod)
+    except (k8s.K8sError, manifests.ManifestError) as exc:
+        if not written["changed"]:
+            raise
+        # A new token exists only in this run (with token_storage=hash, nowhere else): hand it over.
+        raise FailedAfterWrite(str(exc) + (". The sandbox Pod was written with a new access token, returned in "
+                                           "access_token of this failed result" if token else ""), written)
     status = (pod or {}).get("status") or {}
     output = dict(
-        changed=pod_result["changed"] or policy["changed"],
-        actions={"pod": pod_result["action"], "domain_policy": policy["action"]},
+        written,
         access_url=manifests.access_url(p["gateway_url"], sandbox.name, sandbox.ports),
         pod_ip=status.get("podIP"), phase=status.get("phase"), ready=manifests.pod_ready(pod),
         internet_access=sandbox.allow_internet,
         domain_policy=manifests.domain_policy_name(sandbox.name) if sandbox.domain_policy else None)
-    if token:
-        output["access_token"] = token
     return output, diffs
 
 
@@ -408,6 +455,8 @@ def main():
     client = k8s.client_from_module(module)
     try:
         output, diffs = run(module, client, sandbox)
+    except FailedAfterWrite as exc:
+        module.fail_json(msg=str(exc), **exc.result)
     except (k8s.K8sError, manifests.ManifestError) as exc:
         module.fail_json(msg=str(exc))
     if module._diff:

@@ -31,17 +31,19 @@ description:
     sandbox, and this module leaves them alone.
   - The policies are enforced by Cilium's datapath on the nodes. This module makes the API server store
     them (validated by its schemas). Check the datapath with C(cilium policy get) or Hubble on a cluster.
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
 extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+  - liteboxd.sandbox_network.attributes.kubernetes
   - liteboxd.sandbox_network.k8s_auth
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Writes are sent with server-side dry run, so the API server validates them and stores nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
 options:
   state:

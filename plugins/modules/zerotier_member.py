@@ -21,8 +21,21 @@ description:
   - Reads the member first and posts only the fields that differ, so a second run changes nothing.
   - Network id, node id and addresses are validated before any request is made.
 version_added: "0.1.0"
+requirements:
+  - netaddr (address and CIDR checks)
 author:
   - LiteBoxd platform team (@liteboxd)
+extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reads the member and reports what it would post; posts nothing.
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+    details: Runs where the task runs and talks to the controller API (self-hosted or ZeroTier Central) over HTTP(S).
 options:
   api:
     description:
@@ -165,6 +178,11 @@ api_response:
   description: The member object as the API last returned it (empty in check mode without a read result).
   returned: always
   type: dict
+zerotier_status:
+  description: On failure, the HTTP status code the controller API answered. Null when the failure was not an HTTP answer.
+  returned: failed
+  type: int
+  sample: 403
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -226,22 +244,26 @@ def run(module):
     return result
 
 
+def argument_spec():
+    return dict(
+        api=dict(type="str", choices=["controller", "central"], default="controller"),
+        api_url=dict(type="str"),
+        api_token=dict(type="str", required=True, no_log=True),
+        network_id=dict(type="str", required=True),
+        node_id=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        authorized=dict(type="bool"),
+        name=dict(type="str"),
+        ip_assignments=dict(type="list", elements="str"),
+        validate_certs=dict(type="bool", default=True),
+        timeout=dict(type="int", default=10),
+        rate_limit_wait=dict(type="int", default=60),
+    )
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            api=dict(type="str", choices=["controller", "central"], default="controller"),
-            api_url=dict(type="str"),
-            api_token=dict(type="str", required=True, no_log=True),
-            network_id=dict(type="str", required=True),
-            node_id=dict(type="str", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            authorized=dict(type="bool"),
-            name=dict(type="str"),
-            ip_assignments=dict(type="list", elements="str"),
-            validate_certs=dict(type="bool", default=True),
-            timeout=dict(type="int", default=10),
-            rate_limit_wait=dict(type="int", default=60),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     try:

@@ -24,6 +24,17 @@ description:
 version_added: "0.1.0"
 author:
   - LiteBoxd platform team (@liteboxd)
+extends_documentation_fragment:
+  - liteboxd.sandbox_network.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reads the network and reports the join, leave or settings change it would make; changes nothing.
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+    details: Runs on the host whose zerotier-one service it manages, through that service's local API.
 options:
   network_id:
     description:
@@ -185,6 +196,13 @@ network:
   description: The network object from the service API as last read (empty when not joined).
   returned: always
   type: dict
+zerotier_status:
+  description:
+    - On failure, what it came from. The network status that ended the wait (for example C(ACCESS_DENIED)), or the
+      HTTP status code the service API answered. Null when neither applies.
+  returned: failed
+  type: raw
+  sample: ACCESS_DENIED
 """
 
 import time
@@ -349,26 +367,30 @@ def run(module):
     return result
 
 
+def argument_spec():
+    return dict(
+        network_id=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent", "query"], default="present"),
+        api_url=dict(type="str", default="http://127.0.0.1:9993"),
+        api_token=dict(type="str", no_log=True),
+        api_token_file=dict(type="path"),
+        allow_managed=dict(type="bool"),
+        allow_global=dict(type="bool"),
+        allow_default=dict(type="bool"),
+        allow_dns=dict(type="bool"),
+        wait=dict(type="bool", default=True),
+        wait_timeout=dict(type="int", default=120),
+        poll_interval=dict(type="float", default=2.0),
+        require_address=dict(type="bool", default=True),
+        wait_for_authorization=dict(type="bool", default=False),
+        timeout=dict(type="int", default=10),
+        rate_limit_wait=dict(type="int", default=60),
+    )
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            network_id=dict(type="str", required=True),
-            state=dict(type="str", choices=["present", "absent", "query"], default="present"),
-            api_url=dict(type="str", default="http://127.0.0.1:9993"),
-            api_token=dict(type="str", no_log=True),
-            api_token_file=dict(type="path"),
-            allow_managed=dict(type="bool"),
-            allow_global=dict(type="bool"),
-            allow_default=dict(type="bool"),
-            allow_dns=dict(type="bool"),
-            wait=dict(type="bool", default=True),
-            wait_timeout=dict(type="int", default=120),
-            poll_interval=dict(type="float", default=2.0),
-            require_address=dict(type="bool", default=True),
-            wait_for_authorization=dict(type="bool", default=False),
-            timeout=dict(type="int", default=10),
-            rate_limit_wait=dict(type="int", default=60),
-        ),
+        argument_spec=argument_spec(),
         mutually_exclusive=[("api_token", "api_token_file")],
         supports_check_mode=True,
     )

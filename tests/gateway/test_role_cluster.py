@@ -14,8 +14,8 @@ PLAYBOOK = """
 """
 
 
-def run_role(tmp_path, variables, check=False):
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
+def run_role(tmp_path, variables, check=False, playbook=PLAYBOOK):
+    (tmp_path / "play.yml").write_text(playbook)
     (tmp_path / "vars.json").write_text(json.dumps(variables))
     argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
             str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}", "-e",
@@ -87,12 +87,27 @@ def test_cluster_manifests_apply_idempotently_and_are_removed(tmp_path, kube_api
     assert run_role(tmp_path, dict(cluster_vars, gateway_state="absent"))["changed"] == 0
 
 
-def test_cluster_mode_requires_an_image(tmp_path, cluster_vars):
-    variables = dict(cluster_vars, gateway_image="")
+def refused(tmp_path, variables) -> str:
+    """Run the role expecting it to fail; returns its output."""
     (tmp_path / "play.yml").write_text(PLAYBOOK)
     (tmp_path / "vars.json").write_text(json.dumps(variables))
     out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
                           "-c", "local", str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"],
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode != 0
-    assert "gateway_image" in out.stdout
+    return out.stdout
+
+
+def test_cluster_mode_requires_an_image(tmp_path, cluster_vars):
+    assert "gateway_image" in refused(tmp_path, dict(cluster_vars, gateway_image=""))
+
+
+def test_host_mode_without_a_wheelhouse_stops_before_any_change(tmp_path):
+    # Host mode on this machine, with a wheelhouse that was never built: refused at validation,
+    # before the first task that changes anything, naming the variable and the build command.
+    variables = {"gateway_wheelhouse": str(tmp_path / "not-built"), "gateway_install_dir": str(tmp_path / "opt"),
+                 "gateway_config_dir": str(tmp_path / "etc")}
+    output = refused(tmp_path, variables)
+    assert f"gateway_wheelhouse ({tmp_path / 'not-built'}) holds no gateway wheelhouse" in output
+    assert "scripts/build-gateway.sh" in output
+    assert not (tmp_path / "opt").exists() and not (tmp_path / "etc").exists()

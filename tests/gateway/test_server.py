@@ -2,12 +2,16 @@
 import asyncio
 import json
 import os
+import pathlib
 import signal
 import socket
 import sys
 
 import aiohttp
+import pytest
+import yaml
 
+from liteboxd_gateway import kube
 from tests.gateway.conftest import GATEWAY_SRC
 from tests.lib.apiserver import free_port
 
@@ -156,6 +160,28 @@ async def test_bad_settings_stop_start_up_with_the_flag_named(tmp_path):
         process = await start_gateway(tmp_path, *args, env=env)
         assert await asyncio.wait_for(process.wait(), 60) == 2
         assert flag in (tmp_path / "gateway.log").read_text()
+
+
+@pytest.mark.parametrize("credentials", [
+    {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "aws-iam-authenticator"}},
+    {"auth-provider": {"name": "oidc", "config": {"client-id": "gateway"}}},
+], ids=["exec", "auth-provider"])
+async def test_a_kubeconfig_user_the_gateway_cannot_authenticate_stops_start_up(
+        tmp_path, kube_apiserver, credentials):
+    document = yaml.safe_load(pathlib.Path(kube_apiserver.kubeconfig).read_text())
+    document["users"] = [{"name": "platform-sso", "user": credentials}]
+    document["contexts"][0]["context"]["user"] = "platform-sso"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(document))
+    field = next(iter(credentials))
+    with pytest.raises(kube.KubeConfigError, match=f"user 'platform-sso' authenticates with '{field}'"):
+        kube.load(str(kubeconfig))
+    # As a process: refused before it listens, with the user named.
+    port = free_port()
+    process = await start_gateway(tmp_path, "--kubeconfig", str(kubeconfig), "--port", str(port))
+    assert await asyncio.wait_for(process.wait(), 60) == 2
+    log = (tmp_path / "gateway.log").read_text()
+    assert f"user 'platform-sso' authenticates with '{field}'" in log and "listening" not in log
 
 
 async def test_version_flag(tmp_path):

@@ -3,7 +3,9 @@
 The lab (cube_router_lab.py) has a sandbox behind the host, an internal and an internet uplink, and a
 VXLAN tunnel to a remote gateway that MASQUERADEs to the internet echo host.
 """
+import json
 import os
+import sys
 import textwrap
 
 import pytest
@@ -64,13 +66,14 @@ def test_check_mode_reports_everything_and_touches_nothing(lab, files):
     assert {"device", "addresses", "neighbours", "routes", "rules", "steering", "firewall", "tunnels", "files"} <= set(
         result["changes"])
     after = result["diff"]["after"]
-    assert after["device"] == "cube-router kind veth up rp_filter 2"
+    assert after["device"] == "cube-router kind veth up rp_filter 2 accept_local 1"
     assert after["addresses"] == ["192.168.63.253/32 dev cube-router"]
     assert after["neighbours"] == ["192.168.63.254 lladdr <device-mac> dev cube-router nud permanent"]
     assert "192.168.63.254/32 dev cube-router" in after["routes"]
     assert "default via 192.168.63.254 dev cube-router onlink table 3626" in after["routes"]
-    assert "pref 30101 from 192.168.0.0/18 lookup 3626" in after["rules"]
-    assert 'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto tcp masquerade to :20000-65535' in after[
+    assert "pref 30102 from 192.168.0.0/18 lookup 3626" in after["rules"]
+    assert "pref 30101 iif cube-router unreachable" in after["rules"]
+    assert 'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto tcp masquerade to :30000-65535' in after[
         "firewall"]
     assert result["diff"]["before"]["device"] is None and result["diff"]["before"]["firewall"] == ""
     assert any("interrupted" in w for w in warning_texts(result))
@@ -120,6 +123,105 @@ def test_sandbox_egress_follows_the_tunnel_route_and_is_seen_on_cube_router_firs
     assert capture.stop()[0][2].startswith("%s > %s: ICMP echo request" % (REMOTE_GW_IP, ECHO_IP))
     route = lab.host.ip_json("route get %s from %s iif cube-router" % (ECHO_IP, NAT_IP))[0]
     assert route["dev"] == "natvx"
+
+
+UDP_FROM_PORT = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(5)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.sendto(b"who", (sys.argv[3], 7))
+print(sock.recvfrom(512)[0].decode())
+"""
+
+
+def masqueraded_source_port(lab, sandbox_port):
+    """Send UDP from ``sandbox_port`` of the sandbox to the echo host (through the tunnel); return the
+    source port the packet left the tunnel with, after cube-router's MASQUERADE."""
+    capture = lab.capture("udp and dst host %s and dst port 7" % ECHO_IP, 3)
+    lab.sandbox.run([sys.executable, "-c", UDP_FROM_PORT, SANDBOX_IP, str(sandbox_port), ECHO_IP])
+    [(dev, direction, text)] = [p for p in capture.stop() if p[0] == "natvx"]
+    assert direction == "Out" and text.startswith(TUNNEL_HOST_IP + ".")
+    return int(text.split(" > ")[0].rsplit(".", 1)[1])
+
+
+def test_masquerade_source_ports_stay_clear_of_port_mapping(lab, files):
+    """CubeSandbox publishes sandbox ports on host ports 20000-29999: a sandbox connection from such a
+    port leaves with a source port from 30000-65535, CubeSandbox's SNAT range."""
+    cube(lab, args(files))
+    assert 30000 <= masqueraded_source_port(lab, 25000) <= 65535
+    # An operator who says nothing maps ports here may use the whole range: the port is then kept.
+    cube(lab, args(files, snat_port_min=20000, port_mapping_ports=""))
+    assert masqueraded_source_port(lab, 25001) == 25001
+
+
+def test_snat_ports_in_the_port_mapping_range_are_refused_before_any_change(lab, files):
+    before = lab.snapshot()
+    result = cube(lab, args(files, snat_port_min=20000), expect_fail=True)
+    assert result["msg"].startswith("snat_port_min: MASQUERADE source ports 20000-65535 overlap the port-mapping "
+                                    "range 20000-29999")
+    assert lab.snapshot() == before and not os.path.exists(files["state_dir"])
+
+
+CONNECT = """
+import errno, socket, sys
+sock = socket.socket()
+sock.settimeout(5)
+try:
+    sock.connect((sys.argv[1], 7))
+    print("reached")
+except socket.timeout:
+    print("timeout")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc))
+"""
+# Counts the packets to the echo host that the kernel receives on cube-router.
+HANDED_BACK = """
+table ip test_handed_back {
+    counter to_echo {}
+    chain prerouting {
+        type filter hook prerouting priority -300; policy accept;
+        iifname "cube-router" ip daddr %s counter name to_echo
+    }
+}
+""" % ECHO_IP
+
+
+def test_without_a_default_route_what_cube_router_hands_back_is_refused_not_looped(lab, files):
+    """On a host without a default route, what cube-router hands back finds no route in the main
+    table. Its source, the NAT IP, is inside the sandbox CIDR, so the steering rule would send it into
+    cube-router again and again until its TTL ran out; the rule after the main-table lookup refuses it."""
+    lab.host.ip("route del default")
+    lab.host.run(["nft", "-f", "-"], input=HANDED_BACK)
+    cube(lab, dict(sandbox_cidr=SANDBOX_CIDR, **files))
+    # The sandbox's packet is steered into cube-router ...
+    assert lab.host.ip_json("route get %s from %s iif sbx0" % (ECHO_IP, SANDBOX_IP))[0]["dev"] == "cube-router"
+    # ... and what cube-router hands back, with no route in the main table, is refused there.
+    lookup = lab.host.run(["ip", "route", "get", ECHO_IP, "from", NAT_IP, "iif", "cube-router"], check=False)
+    assert lookup.returncode != 0 and "Network is unreachable" in lookup.stderr, lookup
+
+    capture = lab.capture("icmp", 1, ns=lab.sandbox)
+    assert lab.sandbox.run([sys.executable, "-c", CONNECT, ECHO_IP]).stdout.strip() == "ENETUNREACH"
+    [(_dev, _direction, icmp)] = capture.stop()
+    assert "ICMP net %s unreachable" % ECHO_IP in icmp, icmp  # refused at once, not "time exceeded"
+    counted = json.loads(lab.host.run(["nft", "-j", "list", "counter", "ip", "test_handed_back", "to_echo"]).stdout)
+    assert [i["counter"]["packets"] for i in counted["nftables"] if "counter" in i] == [1]  # one pass, no loop
+
+    # With a route for the destination it flows again, through the same rules.
+    lab.host.ip("route add default via %s dev wan0" % INET_GW)
+    assert lab.seen_by(lab.sandbox, ECHO_IP) == HOST_WAN_IP
+
+
+def test_steering_rules_of_an_earlier_release_are_replaced(lab, files):
+    """Earlier releases steered at rule_priority + 1, where the refusal rule now sits: a host they set up
+    is seen as changed, and the run leaves only the current rules."""
+    cube(lab, args(files))
+    lab.host.ip("rule add pref 30101 from %s lookup 3626" % SANDBOX_CIDR)
+    assert cube(lab, args(files))["changes"] == ["rules"]
+    assert [(r["priority"], r.get("action", "lookup")) for r in lab.host.ip_json("-4 rule show")
+            if r["priority"] == 30101] == [(30101, "unreachable")]
+    assert cube(lab, args(files))["changed"] is False
+    assert lab.seen_by(lab.sandbox, ECHO_IP) == REMOTE_GW_IP
 
 
 def test_private_destination_leaves_by_the_internal_nic_with_its_address(lab, files):

@@ -12,7 +12,6 @@ import json
 import sys
 import time
 
-import jinja2
 import pytest
 
 from tests.lib.collection import REPO
@@ -23,7 +22,6 @@ EGRESS_IP = "10.147.17.5"
 EXIT_IP = "10.147.17.1"
 TARGET = "198.51.100.10"
 SCRIPT = REPO / "roles" / "egress_node" / "files" / "liteboxd-egress-routing"
-BATCH_TEMPLATE = REPO / "roles" / "egress_node" / "templates" / "egress-routing.ip.j2"
 
 # The egress_node role's routing data (vars/main.yml) for these names and addresses.
 ROUTING = {
@@ -67,7 +65,9 @@ def lab(tmp_path):
         node.run(["nft", "-f", "-"], input=COUNTERS)
         rt_dir = tmp_path / "rt_tables.d"
         rt_dir.mkdir()
-        run_module("policy_routing", dict(ROUTING, rt_tables_dir=str(rt_dir)), netns=node.name)
+        # As the role runs it: the module also writes what it applied as the service's batch file.
+        run_module("policy_routing", dict(ROUTING, rt_tables_dir=str(rt_dir), batch_file=str(tmp_path / "egress-routing.ip")),
+                   netns=node.name)
         yield node, exit_ns, tmp_path
 
 
@@ -99,12 +99,6 @@ def counter(node, name):
         if "counter" in item:
             return item["counter"]["packets"]
     raise AssertionError("no counter %s" % name)
-
-
-def render_batch():
-    """The role's batch template rendered as Ansible's template module does (trim_blocks)."""
-    template = jinja2.Template(BATCH_TEMPLATE.read_text(), trim_blocks=True, keep_trailing_newline=True)
-    return template.render(egress_node_routing=ROUTING)
 
 
 def route_get(node):
@@ -151,7 +145,6 @@ def test_carrier_lost_fails_closed_and_recovers_by_itself(lab):
 def test_device_down_fails_closed_and_the_watcher_restores_it(lab):
     node, _exit_ns, tmp = lab
     batch = tmp / "egress-routing.ip"
-    batch.write_text(render_batch())
     assert "route replace default via %s dev tun0 table 100 proto static metric 100" % EXIT_IP in batch.read_text()
 
     # Admin down: the kernel deletes the tunnel route, the unreachable default remains.
@@ -182,7 +175,6 @@ def test_apply_script_rebuilds_the_routing_after_reboot(lab):
     """After a reboot the kernel has nothing: one 'apply' gives the rule, the table and fail-closed."""
     node, _exit_ns, tmp = lab
     batch = tmp / "egress-routing.ip"
-    batch.write_text(render_batch())
     expected_rules = node.ip("rule show")
     expected_routes = node.ip("route show table 100")
     node.ip("rule del priority 100")
@@ -192,6 +184,25 @@ def test_apply_script_rebuilds_the_routing_after_reboot(lab):
     node.run(["bash", str(SCRIPT), "apply", "tun0", str(batch)])  # idempotent: no duplicate rule
     assert node.ip("rule show") == expected_rules
     assert sorted(node.ip("route show table 100").splitlines()) == sorted(expected_routes.splitlines())
-    # And the module agrees nothing is left to do.
+    # And the module agrees nothing is left to do, the batch file included.
     rt_dir = tmp / "rt_tables.d"
-    assert not run_module("policy_routing", dict(ROUTING, rt_tables_dir=str(rt_dir)), netns=node.name)["changed"]
+    again = run_module("policy_routing", dict(ROUTING, rt_tables_dir=str(rt_dir), batch_file=str(batch)), netns=node.name)
+    assert not again["changed"] and again["batch_file"] == dict(path=str(batch), changed=False, written=False)
+
+
+def test_apply_script_adds_ipv6_rule_lines_once(lab):
+    """An IPv6 rule in the batch file ("rule -6 ...") is added once, to the IPv6 rules."""
+    node, _exit_ns, tmp = lab
+    node.ip("-6 addr add fd00:147::5/64 dev tun0 nodad")
+    routing_v6 = dict(ROUTING, rt_tables_dir=str(tmp / "rt_tables.d"), batch_file=str(tmp / "v6.ip"),
+                      rules=ROUTING["rules"] + [dict(priority=101, iif="uplink", family="ipv6", table="zerotier-egress")],
+                      routes=ROUTING["routes"] + [dict(dst="default", family="ipv6", type="unreachable", table="zerotier-egress")])
+    run_module("policy_routing", routing_v6, netns=node.name)
+    assert "rule -6 pref 101 iif uplink lookup 100\n" in (tmp / "v6.ip").read_text()
+    expected = node.ip("-6 rule show"), node.ip("-6 route show table 100")
+    node.ip("-6 rule del priority 101")
+    node.ip("-6 route flush table 100")
+    for _twice in range(2):
+        node.run(["bash", str(SCRIPT), "apply", "tun0", str(tmp / "v6.ip")])
+    assert (node.ip("-6 rule show"), node.ip("-6 route show table 100")) == expected
+    assert not run_module("policy_routing", routing_v6, netns=node.name)["changed"]

@@ -227,3 +227,38 @@ def test_kernel_refusal_undoes_earlier_changes(node, rt_dir):
     assert "the changes made before it were undone" in result["msg"]
     assert node.routing_state() == before
     assert list(rt_dir.iterdir()) == []
+
+
+def test_batch_file_is_what_the_module_applied_written_atomically_and_mode_checked(node, rt_dir, tmp_path):
+    batch = tmp_path / "boot" / "egress-routing.ip"
+    args = egress_args(rt_dir, batch_file=str(batch))
+    predicted = run_module("policy_routing", args, check=True, diff=True, netns=node.name)
+    assert predicted["batch_file"] == dict(path=str(batch), changed=True, written=False)
+    assert not batch.parent.exists(), "check mode wrote the batch file"
+    assert "# %s\n" % batch in predicted["diff"]["after"] and str(batch) not in predicted["diff"]["before"]
+
+    applied = run_module("policy_routing", args, netns=node.name)
+    assert applied["batch_file"] == dict(path=str(batch), changed=True, written=True)
+    assert applied["tables"]["written"] == [str(rt_dir / "zerotier-egress.conf")]  # the batch file is reported apart
+    assert oct(batch.stat().st_mode & 0o777) == "0o644"
+    lines = [line for line in batch.read_text().splitlines() if not line.startswith("#")]
+    assert lines == [
+        "route replace default via 10.147.17.1 dev tun0 table 100 proto static metric 100",
+        "route replace unreachable default table 100 proto static metric 4278198272",
+        "route replace throw 10.42.0.0/16 table 100 proto static",
+        "route replace throw 10.43.0.0/16 table 100 proto static",
+        "rule pref 100 from 10.147.17.5 lookup 100",
+    ]
+    assert "100 = zerotier-egress" in batch.read_text()
+    # Each batch line, run by ip, gives back exactly what the module applied.
+    state = node.routing_state()
+    node.ip("rule del priority 100")
+    node.ip("route flush table 100")
+    node.run(["ip", "-batch", "-"], input="\n".join(line for line in lines if line.startswith("route ")) + "\n")
+    node.ip("rule add " + lines[-1].split(" ", 1)[1])
+    assert node.routing_state() == state
+
+    batch.chmod(0o600)  # a mode that drifted is put back, and reported
+    fixed = run_module("policy_routing", args, netns=node.name)
+    assert fixed["changed"] and fixed["batch_file"]["written"] and oct(batch.stat().st_mode & 0o777) == "0o644"
+    assert not run_module("policy_routing", args, netns=node.name)["changed"]

@@ -200,6 +200,29 @@ def test_wait_times_out_with_a_clear_message(kube_apiserver, kube_namespace):
     assert "is the Pod scheduled" in failed["msg"]
 
 
+@pytest.mark.parametrize("storage", ["plain", "hash"])
+def test_a_wait_timeout_after_creation_still_returns_the_token(kube_apiserver, kube_namespace, storage):
+    failed = run_module("sandbox", sandbox_args(kube_apiserver, kube_namespace, wait=True, wait_timeout=2,
+                                                token_storage=storage), expect_fail=True)
+    annotations = read_pod(kube_apiserver, kube_namespace, "sbx-1").metadata.annotations
+
+    assert failed["changed"] is True
+    assert failed["actions"] == {"pod": "created", "domain_policy": "absent"}
+    assert "returned in access_token of this failed result" in failed["msg"]
+    token = failed["access_token"]
+    stored = {"plain": ("liteboxd.io/access-token", token),
+              "hash": ("liteboxd.io/access-token-sha256", hashlib.sha256(token.encode()).hexdigest())}[storage]
+    assert annotations[stored[0]] == stored[1]
+
+
+def test_a_wait_timeout_on_an_unchanged_sandbox_reports_no_change(kube_apiserver, kube_namespace):
+    run_module("sandbox", sandbox_args(kube_apiserver, kube_namespace))
+    failed = run_module("sandbox", sandbox_args(kube_apiserver, kube_namespace, wait=True, wait_timeout=1),
+                        expect_fail=True)
+    assert failed.get("changed", False) is False
+    assert "access_token" not in failed
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"name": "Sbx_1"}, "name: 'Sbx_1' is not a valid name"),
     ({"network": {"allowed_domains": ["a.*.example.com"]}}, "network.allowed_domains[0]: 'a.*.example.com' is not"),

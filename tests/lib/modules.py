@@ -2,12 +2,19 @@
 from a JSON file and printing one JSON result. ``netns`` runs it inside a network namespace."""
 import json
 import os
+import importlib
 import subprocess
 import sys
 import tempfile
 
+import yaml
+
 from tests.lib.collection import REPO, install_on_path
 
+
+# Keys any module may return without documenting them (Ansible's common return values).
+COMMON_RETURN_KEYS = {"changed", "failed", "msg", "diff", "invocation", "warnings", "deprecations", "exception",
+                      "rc", "stdout", "stderr", "stdout_lines", "stderr_lines"}
 
 # The interpreter modules run under: the test venv's, or another one (e.g. Debian's python3 with
 # the python3-pyroute2/python3-netaddr packages the roles install) to test against its libraries.
@@ -43,4 +50,12 @@ def run_module(name, args, check=False, diff=False, netns=None, expect_fail=Fals
     failed = bool(result.get("failed"))
     if failed != expect_fail:
         raise ModuleFailed(result) if failed else AssertionError(f"module {name} was expected to fail: {result}")
+    undocumented = set(result) - COMMON_RETURN_KEYS - documented_return_keys(name)
+    assert not undocumented, f"module {name} returned keys its RETURN does not document: {sorted(undocumented)}"
     return result
+
+
+def documented_return_keys(name):
+    """The top-level keys of a module's RETURN."""
+    module = importlib.import_module(f"ansible_collections.liteboxd.sandbox_network.plugins.modules.{name}")
+    return set(yaml.safe_load(module.RETURN) or {})

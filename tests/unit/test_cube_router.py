@@ -4,8 +4,10 @@ import pytest
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import cube_router as cr
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import netlink
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_router_addresses import derive_addresses
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.cube_router_host import decode_tunnel
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.routing import SpecError
 
 GRE = {"name": "natgre", "kind": "gre", "local": "203.0.113.10", "remote": "198.51.100.20", "mtu": 1476,
        "address": "169.254.100.1/30"}
@@ -14,7 +16,8 @@ VXLAN = {"name": "natvx", "kind": "vxlan", "vni": 100, "local": "203.0.113.10", 
 
 
 def params(**extra):
-    result = dict(sandbox_cidr="192.168.0.0/18", cidr=None, device="cube-router", snat_port_min=20000,
+    result = dict(sandbox_cidr="192.168.0.0/18", cidr=None, device="cube-router", snat_port_min=cr.SNAT_PORT_MIN,
+                  port_mapping_ports=cr.PORT_MAPPING_PORTS,
                   sandbox_sources=None, route_table=3626, rule_priority=30100, reply_mark=0x10000000,
                   routes=[], rules=[], tunnels=[])
     result.update(extra)
@@ -32,8 +35,9 @@ def test_defaults_steer_the_sandbox_cidr():
     assert s["source_cidrs"] == ["192.168.0.0/18"] and s["source_interfaces"] == []
     assert [cr.rule_text(r) for r in cr.own_rules(s)] == [
         "pref 30100 iif cube-router lookup main",
+        "pref 30101 iif cube-router unreachable",
         "pref 30100 from 192.168.0.0/18 fwmark 0x10000000/0x10000000 lookup main",
-        "pref 30101 from 192.168.0.0/18 lookup 3626",
+        "pref 30102 from 192.168.0.0/18 lookup 3626",
     ]
     assert [cr.route_text(r) for r in cr.own_routes(s)] == [
         "192.168.63.254/32 dev cube-router",
@@ -48,7 +52,7 @@ def test_sources_mix_cidrs_and_interfaces():
     nft = cr.render_nft(s)
     assert 'oifname "cube-router" ip saddr 10.88.0.0/16 snat to 192.168.63.254' in nft
     assert 'oifname "cube-router" iifname { "cube-br0", "tap+x" } snat to 192.168.63.254' in nft
-    assert "pref 30101 iif cube-br0 lookup 3626" in [cr.rule_text(r) for r in cr.own_rules(s)]
+    assert "pref 30102 iif cube-br0 lookup 3626" in [cr.rule_text(r) for r in cr.own_rules(s)]
 
 
 def test_firewall_is_the_cube_sandbox_rule_set_in_an_owned_table():
@@ -60,18 +64,47 @@ def test_firewall_is_the_cube_sandbox_rule_set_in_an_owned_table():
         'iifname "cube-router" ip saddr 192.168.63.254 accept',
         'oifname "cube-router" ip daddr 192.168.63.254 ct state established,related accept',
         'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto tcp masquerade to :31000-65535',
-        'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto udp masquerade',
+        'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto udp masquerade to :31000-65535',
         'ip saddr 192.168.63.254 oifname != "cube-router" meta l4proto icmp masquerade',
         "ip saddr 192.168.0.0/18 ct direction reply meta mark set meta mark | 0x10000000",
     ):
         assert "\t\t" + line + "\n" in nft
 
 
+def test_masquerade_ports_default_to_cube_sandboxs_snat_range():
+    nft = cr.render_nft(spec())
+    for proto in ("tcp", "udp"):
+        assert 'meta l4proto %s masquerade to :30000-65535\n' % proto in nft
+
+
+@pytest.mark.parametrize("snat_port_min, port_mapping_ports", [
+    (20000, "20000-29999"),  # the old default: inside CubeSandbox's port-mapping range
+    (29999, "20000-29999"),
+    (1024, "20000-29999"),  # 1024-65535 covers the whole range
+    (30000, "20000-59999"),  # a network-agent with a widened range
+])
+def test_snat_ports_overlapping_port_mapping_are_refused(snat_port_min, port_mapping_ports):
+    with pytest.raises(SpecError) as info:
+        spec(snat_port_min=snat_port_min, port_mapping_ports=port_mapping_ports)
+    message = str(info.value)
+    assert info.value.option == "snat_port_min"
+    assert "%d-65535 overlap the port-mapping range %s" % (snat_port_min, port_mapping_ports) in message
+    assert "port_mapping_ports" in message and "empty string" in message
+
+
+@pytest.mark.parametrize("snat_port_min, port_mapping_ports", [
+    (30000, "20000-29999"), (60000, "20000-59999"), (20000, ""), (20000, None)])
+def test_snat_ports_clear_of_port_mapping_or_told_there_is_none(snat_port_min, port_mapping_ports):
+    assert spec(snat_port_min=snat_port_min, port_mapping_ports=port_mapping_ports)["snat_port_min"] == snat_port_min
+
+
 @pytest.mark.parametrize("extra, option", [
     (dict(device="cube router"), "device"),
     (dict(device="a-very-long-device-name"), "device"),
     (dict(snat_port_min=0), "snat_port_min"),
-    (dict(rule_priority=32765), "rule_priority"),
+    (dict(port_mapping_ports="20000"), "port_mapping_ports"),
+    (dict(port_mapping_ports="29999-20000"), "port_mapping_ports"),
+    (dict(rule_priority=32764), "rule_priority"),
     (dict(route_table=254), "route_table"),
     (dict(reply_mark=0x3), "reply_mark"),
     (dict(sandbox_sources=["fd00::/64"]), "sandbox_sources[0]"),
@@ -86,7 +119,7 @@ def test_firewall_is_the_cube_sandbox_rule_set_in_an_owned_table():
     (dict(tunnels=[dict(GRE, name="cube-router-p")]), "tunnels"),
 ])
 def test_bad_options_are_named(extra, option):
-    with pytest.raises(cr.SpecError) as info:
+    with pytest.raises(SpecError) as info:
         spec(**extra)
     assert info.value.option == option and str(info.value).startswith(option + ":")
 
@@ -96,17 +129,22 @@ def test_operator_routes_and_rules_render_in_ip_syntax():
                      {"dst": "0.0.0.0/0", "dev": "natgre"},
                      {"dst": "192.0.2.0/24", "type": "unreachable", "metric": 100, "table": "200"}],
              rules=[{"priority": 30000, "iif": "cube-router", "to": "192.0.2.0/24", "table": "200"}])
-    assert [cr.route_text(r) for r in s["routes"]] == [
+    assert [cr.route_text(r) for r in cr.operator_routes(s)] == [
         "198.51.100.20/32 via 203.0.113.1 dev eth0 src 203.0.113.10",
         "default dev natgre",
-        "unreachable 192.0.2.0/24 metric 100 table 200",
+        "unreachable 192.0.2.0/24 table 200 metric 100",
     ]
-    assert [cr.rule_text(r) for r in s["rules"]] == ["pref 30000 to 192.0.2.0/24 iif cube-router lookup 200"]
+    # The state record keeps the format of earlier releases, and reads back to the same routes.
+    assert s["routes"][1] == {"type": "unicast", "dst": "default", "dev": "natgre", "table": 254, "metric": 0,
+                              "onlink": False}
+    assert [cr.route_record(r) for r in cr.operator_routes(s)] == s["routes"]
+    assert [cr.rule_record(r) for r in cr.operator_rules(s)] == s["rules"]
+    assert [cr.rule_text(r) for r in cr.operator_rules(s)] == ["pref 30000 to 192.0.2.0/24 iif cube-router lookup 200"]
 
 
 def test_wanted_state_lists_every_part_for_the_diff():
     state = cr.wanted_state(spec(tunnels=[VXLAN]), "veth")
-    assert state["device"] == "cube-router kind veth up rp_filter 2"
+    assert state["device"] == "cube-router kind veth up rp_filter 2 accept_local 1"
     assert state["neighbours"] == ["192.168.63.254 lladdr <device-mac> dev cube-router nud permanent"]
     assert state["steering"] == ["dev cube-router egress u32 match-all mirred ingress redirect dev cube-router"]
     assert state["sysctl"] == {"net.ipv4.ip_forward": "1"}
@@ -129,7 +167,13 @@ def test_apply_script_tries_dummy_then_veth_and_starts_from_scratch():
     assert "nft -f /etc/liteboxd/cube-router/cube-router.nft" in script
     # Routes before the rules that steer into them.
     assert script.index("ip route replace default via 192.168.63.254 dev cube-router onlink table 3626") < script.index(
-        "ip rule add pref 30101 from 192.168.0.0/18 lookup 3626")
+        "ip rule add pref 30102 from 192.168.0.0/18 lookup 3626")
+    # Packets cube-router hands back that the main table cannot route are refused before steering.
+    assert script.index("ip rule add pref 30100 iif cube-router lookup main") < script.index(
+        "ip rule add pref 30101 iif cube-router unreachable")
+    # A host set up by an earlier release, which steered at 30101, is cleaned up first.
+    assert script.index("while ip rule del pref 30101 lookup 3626 2>/dev/null; do :; done") < script.index(
+        "ip rule add pref 30102 from 192.168.0.0/18 lookup 3626")
 
 
 def test_teardown_restores_replaced_routes_and_forwarding():
@@ -149,15 +193,14 @@ def test_unit_reapplies_at_boot():
 
 
 def _link_message(name, kind, data, mtu=1476):
-    """An RTM_NEWLINK message as the kernel sends it, through a real netlink encode/decode."""
+    """An RTM_NEWLINK message as the kernel sends it: encoded by pyroute2, decoded by module_utils/netlink."""
     msg = ifinfmsg()
+    msg["header"]["type"] = 16
     msg["index"], msg["flags"] = 7, 1
     msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu),
                     ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind), ("IFLA_INFO_DATA", {"attrs": data})]})]
     msg.encode()
-    decoded = ifinfmsg(msg.data)
-    decoded.decode()
-    return decoded
+    return netlink.decode(bytes(msg.data))[0][1]
 
 
 def test_gre_link_decodes_to_the_rendered_tunnel():

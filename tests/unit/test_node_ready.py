@@ -1,24 +1,13 @@
-"""node_ready: its documentation matches its argument spec, and how it reads a Node's readiness
-(the waiting itself runs against the real API server in tests/integration/test_k3s_wait.py)."""
+"""node_ready: how it reads a Node's readiness (its documentation is checked with every module's in
+tests/unit/test_module_docs.py; the waiting itself runs against the real API server in
+tests/integration/test_k3s_wait.py)."""
 import pytest
-import yaml
 
-from ansible_collections.liteboxd.sandbox_network.plugins.doc_fragments.k8s_auth import ModuleDocFragment
 from ansible_collections.liteboxd.sandbox_network.plugins.modules import node_ready
-from tests.unit.test_k8s_module_docs import mismatches
 
 
 def node(*conditions):
     return {"metadata": {"name": "agent-1"}, "status": {"conditions": list(conditions)}}
-
-
-def test_documentation_matches_the_argument_spec():
-    doc = yaml.safe_load(node_ready.DOCUMENTATION)
-    assert doc["extends_documentation_fragment"] == ["liteboxd.sandbox_network.k8s_auth"]
-    options = dict(doc["options"], **yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"])
-    assert mismatches(options, node_ready.argument_spec()) == []
-    assert yaml.safe_load(node_ready.EXAMPLES)
-    assert yaml.safe_load(node_ready.RETURN)
 
 
 NO_NETWORK = ("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "

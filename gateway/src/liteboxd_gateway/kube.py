@@ -13,6 +13,8 @@ import tempfile
 import yaml
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Kubeconfig user fields whose credentials only a client-go plugin can produce.
+UNSUPPORTED_CREDENTIALS = ("exec", "auth-provider")
 
 
 class KubeConfigError(ValueError):
@@ -98,6 +100,14 @@ def from_kubeconfig(path: str, context_name: str = "") -> KubeConnection:
     context = named("contexts", context_name)
     cluster = named("clusters", context.get("cluster"))
     user = named("users", context["user"]) if context.get("user") else {}
+    # An exec plugin or auth provider makes the credentials at run time: the gateway runs neither,
+    # and without them it would watch the Pods with no credentials at all.
+    for field in UNSUPPORTED_CREDENTIALS:
+        if user.get(field):
+            raise KubeConfigError(
+                f"kubeconfig {path}: user {context['user']!r} authenticates with {field!r}, which the gateway "
+                "cannot run; give that user a token, tokenFile or client certificate "
+                "(for example a ServiceAccount token)")
     if not cluster.get("server"):
         raise KubeConfigError(f"kubeconfig {path}: cluster of context {context_name!r} has no server")
     base_dir = os.path.dirname(os.path.abspath(path))

@@ -21,14 +21,25 @@ ACCESS_LOGGER = "liteboxd_gateway.access"
 WRITE_INTERVAL = 0.1
 
 
-class JsonFormatter(logging.Formatter):
-    # json.JSONEncoder.encode builds this C encoder anew for every call; records are flat, so no
-    # circular-reference bookkeeping either.
-    _encode = json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",",
-                                          False, False, True)
+def record_encoder():
+    """The function that turns a record's fields into one line of JSON.
 
+    json.JSONEncoder.encode builds CPython's C encoder anew for every call; records are flat, so
+    they need no circular-reference bookkeeping either: one C encoder, made once, does. Where the
+    interpreter has no C encoder (``json.encoder.c_make_encoder`` is an implementation detail),
+    the standard encoder makes the same text, more slowly.
+    """
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:
+        return json.JSONEncoder(default=str, check_circular=False, separators=(",", ":")).encode
+    encode = c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda entry: "".join(encode(entry, 0))
+
+
+class JsonFormatter(logging.Formatter):
     def __init__(self):
         super().__init__()
+        self._encode = record_encoder()
         # Tuples replaced whole: the loop and the writer thread share them.
         self._second = (None, "")
         self._millisecond = (None, "")
@@ -66,7 +77,7 @@ class JsonFormatter(logging.Formatter):
                  "message": record.getMessage(), **(getattr(record, "fields", None) or {})}
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return "".join(self._encode(entry, 0))
+        return self._encode(entry)
 
 
 class RecordQueue(logging.handlers.QueueHandler):
@@ -174,19 +185,23 @@ class AccessRecord(logging.LogRecord):
     module names for every record; these are the same for every access line, so they are copied."""
 
     template = None
+    logging_started = 0.0
 
     def __init__(self, line: tuple):  # pylint: disable=super-init-not-called
         template = AccessRecord.template
         if template is None:
-            template = vars(logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None))
+            model = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None)
             # Nothing logged names a thread or process (``setup``), and a forked worker is another process.
-            template = AccessRecord.template = {**template, "thread": None, "threadName": None, "process": None,
+            template = AccessRecord.template = {**vars(model), "thread": None, "threadName": None, "process": None,
                                                 "processName": None}
+            # When logging started, from what a LogRecord reports of itself rather than from logging's
+            # private start time (whose unit changed in Python 3.13).
+            AccessRecord.logging_started = model.created - model.relativeCreated / 1000
         self.__dict__.update(template)
         created = time.time()
         self.created = created
         self.msecs = int((created - int(created)) * 1000) + 0.0
-        self.relativeCreated = (created - logging._startTime) * 1000  # pylint: disable=protected-access
+        self.relativeCreated = (created - AccessRecord.logging_started) * 1000
         self.line = line
 
     @property
