@@ -193,8 +193,8 @@ def describe(node, heartbeat_after=None):
     details = ": ".join(part for part in (condition.get("reason"), condition.get("message")) if part)
     state = "Ready=%s%s" % (condition.get("status"), " (%s)" % details if details else "")
     if heartbeat_after is not None and not reported_after(node, heartbeat_after):
-        state += ", not reported since %s (last %s)" % (heartbeat_after.strftime(TIME_FORMAT),
-                                                         condition.get("lastHeartbeatTime") or "never")
+        state += ", not reported since %s (last %s)" % (
+            heartbeat_after.strftime(TIME_FORMAT), condition.get("lastHeartbeatTime") or "never")
     return state
 
 

@@ -129,9 +129,9 @@ def test_changed_nodes_restart_one_at_a_time_each_back_before_the_next(cluster):
     returncode, output, kubelets = run_with_kubelets(tmp_path, core, record)
 
     assert returncode == 0, json.dumps(output)[-4000:]
-    order = [host for host, _ in kubelets.restarts]
+    order = [host for host, _restarted_at in kubelets.restarts]
     assert order == ["lab-egress", "lab-rae-gw", AGENT]  # servers first, the first server first; one not changed
-    for (previous, _), (host, restarted_at) in zip(kubelets.restarts, kubelets.restarts[1:]):
+    for (previous, _previous_at), (host, restarted_at) in zip(kubelets.restarts, kubelets.restarts[1:]):
         assert restarted_at > kubelets.reports[previous], "%s restarted before %s was back" % (host, previous)
     waited = task_results(output, "Wait until the node reports Ready again after its restart, lab-rae-gw")
     assert [node["name"] for result in waited.values() for node in result["nodes"]] == ["lab-rae-gw"]
@@ -144,7 +144,7 @@ def test_a_node_that_does_not_come_back_stops_the_restarts_naming_it(cluster, ku
                                                      extra={"k3s_wait_timeout": 4})
 
     assert returncode == 2
-    assert [host for host, _ in kubelets.restarts] == ["lab-egress", "lab-rae-gw"]  # the agent was left alone
+    assert [host for host, _restarted_at in kubelets.restarts] == ["lab-egress", "lab-rae-gw"]  # the agent was left alone
     failed = task_results(output, "Wait until the node reports Ready again after its restart, lab-rae-gw")
     message = next(iter(failed.values()))["msg"]
     assert message.startswith("Nodes not Ready after 4s at %s: lab-rae-gw: Ready=True (KubeletReady: kubelet is "
@@ -152,7 +152,7 @@ def test_a_node_that_does_not_come_back_stops_the_restarts_naming_it(cluster, ku
 
 
 def test_node_ready_rides_out_an_api_server_that_cuts_connections_off(kube_apiserver, cluster, tmp_path):
-    _, core, _ = cluster
+    core = cluster[1]
     report_ready(core, "lab-egress", now_utc(5))  # already reported "after" the time asked for
     relay = Relay(kube_apiserver.url, cut_off=8)
     relay.start()
@@ -177,7 +177,6 @@ def test_node_ready_refuses_a_time_it_cannot_read(kube_apiserver):
                              "(date -u +%Y-%m-%dT%H:%M:%SZ)")
 
 
-
 class Relay(threading.Thread):
     """A TCP relay to the API server that breaks off its first ``cut_off`` connections (a reset before
     any answer), as clients of a server that is going down and coming back see it."""
@@ -193,7 +192,7 @@ class Relay(threading.Thread):
     def run(self):
         while True:
             try:
-                conn, _ = self.listener.accept()
+                conn, _peer = self.listener.accept()
             except OSError:
                 return  # closed
             if self.cut < self.cut_off:
