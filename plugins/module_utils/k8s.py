@@ -73,6 +73,10 @@ class K8sTimeout(K8sError):
     """A wait ran out of time."""
 
 
+class K8sUnreachable(K8sError):
+    """No answer from the API server (refused, reset, broken off): it may be restarting."""
+
+
 class Resource(object):
     """Where a kind lives in the API, and (for custom resources) the CRD that serves it."""
 
@@ -211,13 +215,14 @@ class K8sClient(object):
             if isinstance(reason, urllib3.exceptions.SSLError):
                 raise K8sError("TLS connection to the Kubernetes API at %s failed: %s (check ca_cert / "
                                "validate_certs)" % (self.host, reason))
-            raise K8sError("cannot reach the Kubernetes API at %s: %s" % (self.host, reason))
+            raise K8sUnreachable("cannot reach the Kubernetes API at %s: %s" % (self.host, reason))
         if stream and 200 <= response.status < 300:
             return response.response
         try:
             data = response.read()
         except urllib3.exceptions.HTTPError as exc:
-            raise K8sError("the Kubernetes API at %s broke off the answer to %s %s: %s" % (self.host, method, path, exc))
+            raise K8sUnreachable("the Kubernetes API at %s broke off the answer to %s %s: %s"
+                                 % (self.host, method, path, exc))
         try:
             payload = json.loads(data) if data else None
         except ValueError:

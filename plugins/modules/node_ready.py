@@ -18,8 +18,13 @@ description:
   - With O(require_network=false) a Node whose kubelet reports nothing wrong but its container network
     (C(container runtime network not ready), as on a cluster whose CNI, such as Cilium, is not installed
     yet) counts as up.
-  - On timeout it fails naming every Node that is not Ready and why (not registered, or the C(Ready)
-    condition's status, reason and message), so the failure says which host to look at.
+  - With O(heartbeat_after) a Node counts only once its kubelet has reported after that time, so a Node
+    that was Ready before its K3s restarted is not taken for one that is Ready again.
+  - While the API server does not answer (connection refused or broken off, or a 5xx status, as when the
+    server that serves it is the one restarting), it keeps trying until the deadline.
+  - On timeout it fails naming every Node that is not Ready and why (not registered, the C(Ready)
+    condition's status, reason and message, no report since O(heartbeat_after), or the API not
+    answering), so the failure says which host to look at.
   - Reads only; check mode waits the same way.
 author:
   - LiteBoxd platform team (@liteboxd)
@@ -54,6 +59,14 @@ options:
         for its network (no CNI yet); any other reason still counts as not Ready.
     type: bool
     default: true
+  heartbeat_after:
+    description:
+      - A UTC time, C(YYYY-MM-DDTHH:MM:SSZ). A Node counts as up only when its C(Ready) condition was
+        reported later than this (its C(lastHeartbeatTime)).
+      - Read it from the node's own clock right before restarting its kubelet (K3s); a kubelet posts its
+        status as soon as it starts, so the wait ends when the restarted node reports, not on the status
+        it left before the restart.
+    type: str
 '''
 
 EXAMPLES = r'''
@@ -69,6 +82,23 @@ EXAMPLES = r'''
     kubeconfig: ~/.kube/liteboxd.yaml
     names: [server-1]
     require_network: false
+  delegate_to: localhost
+
+- name: Read the node's clock before restarting K3s on it
+  ansible.builtin.command: date -u +%Y-%m-%dT%H:%M:%SZ
+  register: restart_time
+  changed_when: false
+
+- name: Restart K3s
+  ansible.builtin.systemd_service:
+    name: k3s
+    state: restarted
+
+- name: Wait until the restarted node reports Ready again
+  liteboxd.sandbox_network.node_ready:
+    kubeconfig: ~/.kube/liteboxd.yaml
+    names: [server-1]
+    heartbeat_after: "{{ restart_time.stdout }}"
   delegate_to: localhost
 '''
 
@@ -97,6 +127,7 @@ nodes:
       sample: v1.33.6+k3s1
 '''
 
+import datetime
 import functools
 import re
 import time
@@ -109,6 +140,9 @@ NODE = k8s.Resource("v1", "Node", "nodes", False)
 # The kubelet's Ready message when its container network is the only problem ("runtime network not
 # ready" before Kubernetes 1.2x); several problems are listed as "[a, b]".
 NETWORK_ONLY = re.compile(r"^(container )?runtime network not ready:")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Between tries while the API server does not answer.
+RETRY_DELAY = 2.0
 
 
 def ready_condition(node):
@@ -123,8 +157,25 @@ def is_ready(node):
     return (ready_condition(node) or {}).get("status") == "True"
 
 
-def is_up(node, require_network=True):
-    """Ready, or (when the network is not required) Ready but for its container network."""
+def parse_time(text):
+    """A Kubernetes timestamp (whole seconds, UTC) as a datetime, or None."""
+    try:
+        return datetime.datetime.strptime(text or "", TIME_FORMAT)
+    except ValueError:
+        return None
+
+
+def reported_after(node, heartbeat_after):
+    """Whether the kubelet reported the Ready condition later than ``heartbeat_after`` (a datetime)."""
+    heartbeat = parse_time((ready_condition(node) or {}).get("lastHeartbeatTime"))
+    return heartbeat is not None and heartbeat > heartbeat_after
+
+
+def is_up(node, require_network=True, heartbeat_after=None):
+    """Ready, or (when the network is not required) Ready but for its container network; with
+    ``heartbeat_after``, as reported after that time."""
+    if heartbeat_after is not None and not reported_after(node, heartbeat_after):
+        return False
     if is_ready(node):
         return True
     condition = ready_condition(node) or {}
@@ -132,7 +183,7 @@ def is_up(node, require_network=True):
             and bool(NETWORK_ONLY.match(condition.get("message") or "")))
 
 
-def describe(node):
+def describe(node, heartbeat_after=None):
     """The Node's readiness, or why it is not Ready, in the words a user would look for."""
     if node is None:
         return "not registered (no Node object of that name)"
@@ -140,7 +191,40 @@ def describe(node):
     if condition is None:
         return "registered, no Ready condition reported yet"
     details = ": ".join(part for part in (condition.get("reason"), condition.get("message")) if part)
-    return "Ready=%s%s" % (condition.get("status"), " (%s)" % details if details else "")
+    state = "Ready=%s%s" % (condition.get("status"), " (%s)" % details if details else "")
+    if heartbeat_after is not None and not reported_after(node, heartbeat_after):
+        state += ", not reported since %s (last %s)" % (
+            heartbeat_after.strftime(TIME_FORMAT), condition.get("lastHeartbeatTime") or "never")
+    return state
+
+
+def transient(exc):
+    """An API server that does not answer (yet): restarting, or its datastore electing a leader."""
+    return isinstance(exc, k8s.K8sUnreachable) or (isinstance(exc, k8s.K8sApiError) and (exc.status or 0) >= 500)
+
+
+def wait_up(client, name, condition, deadline, describe_state):
+    """``k8s.wait_for`` that rides out an API server that does not answer, until the deadline."""
+    while True:
+        try:
+            return k8s.wait_for(client, NODE, name, None, condition, max(0.0, deadline - time.monotonic()),
+                                describe_state)
+        except k8s.K8sTimeout:
+            raise
+        except k8s.K8sError as exc:
+            if not transient(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(min(RETRY_DELAY, max(0.0, deadline - time.monotonic())))
+
+
+def state_now(client, name, describe_state):
+    """What is said about a Node that is not up: its state, or why the API could not tell."""
+    try:
+        return describe_state(client.get(NODE, name))
+    except k8s.K8sError as exc:
+        if not transient(exc):
+            raise
+        return str(exc)
 
 
 def summary(node):
@@ -153,6 +237,7 @@ def argument_spec():
         names=dict(type='list', elements='str', required=True),
         timeout=dict(type='int', default=300),
         require_network=dict(type='bool', default=True),
+        heartbeat_after=dict(type='str'),
     )
     spec.update(k8s.AUTH_ARG_SPEC)
     return spec
@@ -165,7 +250,15 @@ def main():
         module.fail_json(msg='names: give at least one Node name, none empty (got %s)' % names)
     if timeout < 0:
         module.fail_json(msg='timeout: must be 0 or more seconds (got %d)' % timeout)
-    condition = functools.partial(is_up, require_network=module.params['require_network'])
+    heartbeat_after = None
+    if module.params['heartbeat_after'] is not None:
+        heartbeat_after = parse_time(module.params['heartbeat_after'])
+        if heartbeat_after is None:
+            module.fail_json(msg='heartbeat_after: %r is not a UTC time YYYY-MM-DDTHH:MM:SSZ (date -u +%%Y-%%m-%%dT%%H:%%M:%%SZ)'
+                             % module.params['heartbeat_after'])
+    condition = functools.partial(is_up, require_network=module.params['require_network'],
+                                  heartbeat_after=heartbeat_after)
+    describe_state = functools.partial(describe, heartbeat_after=heartbeat_after)
     client = k8s.client_from_module(module)
     deadline = time.monotonic() + timeout
     up, not_up = [], []
@@ -173,10 +266,13 @@ def main():
         for name in names:
             try:
                 # Once the deadline has passed, the remaining Nodes are read once, not waited for.
-                up.append(k8s.wait_for(client, NODE, name, None, condition, max(0.0, deadline - time.monotonic()),
-                                       describe))
+                up.append(wait_up(client, name, condition, deadline, describe_state))
             except k8s.K8sTimeout:
-                not_up.append("%s: %s" % (name, describe(client.get(NODE, name))))
+                not_up.append("%s: %s" % (name, state_now(client, name, describe_state)))
+            except k8s.K8sError as exc:
+                if not transient(exc):
+                    raise
+                not_up.append("%s: %s" % (name, exc))
     except k8s.K8sError as exc:
         module.fail_json(msg=str(exc))
     if not_up:

@@ -63,6 +63,7 @@ class Upstream:
         self.ws_closed = []  # close codes received from the gateway
         self.peers = []  # client (gateway) ports, to see keep-alive reuse
         self.release_sse = asyncio.Event()
+        self.release_chunked = asyncio.Event()  # /chunked?hold: the rest follows once a test sets it
         self.runner = None
 
     def app(self):
@@ -125,6 +126,10 @@ class Upstream:
         await response.prepare(request)
         for i in range(100):
             await response.write(f"chunk-{i};".encode())
+            if i == 0 and "hold" in request.query:
+                # Until the client has the head, the gateway has only seen part of the body: it
+                # must stream, however fast the rest would have followed.
+                await asyncio.wait_for(self.release_chunked.wait(), 30)
         await response.write_eof()
         return response
 

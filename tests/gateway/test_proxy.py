@@ -194,8 +194,9 @@ async def test_chunked_and_large_responses_stream_through(gateway_factory, sandb
     gateway = await gateway_factory()
     sandbox = await sandbox_factory()
     token = {"X-Access-Token": sandbox.token}
-    async with http.get(gateway.url + sandbox.path("/chunked"), headers=token) as response:
+    async with http.get(gateway.url + sandbox.path("/chunked?hold"), headers=token) as response:
         assert response.headers.get("Transfer-Encoding") == "chunked"
+        sandbox.upstream.release_chunked.set()
         assert await response.read() == b"".join(f"chunk-{i};".encode() for i in range(100))
     size = 48 * 1024 * 1024 + 123
     async with http.get(gateway.url + sandbox.path(f"/large/{size}"), headers=token) as response:

@@ -10,7 +10,6 @@ import collections
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import threading
@@ -26,10 +25,9 @@ from tests.lib.modules import run_module
 
 PLAYBOOK_BIN = pathlib.Path(sys.executable).parent / "ansible-playbook"
 CONTEXT = "liteboxd-lab"
-# The servers name their nodes with node-name; the agent takes K3s's default, the lower-cased host
-# name (every host here is this machine on a local connection).
-NODE_NAMES = {"lab-egress": "lab-egress", "lab-sandbox-inet": "lab-sandbox-inet",
-              "lab-sandbox-noinet": platform.node().lower()}
+# Nodes are named by k3s_node_name (the role passes it to K3s as node-name): the servers take its
+# default, the inventory name; the agent's is set.
+NODE_NAMES = {"lab-egress": "lab-egress", "lab-sandbox-inet": "lab-sandbox-inet", "lab-sandbox-noinet": "sandbox-agent-1"}
 
 NO_NETWORK = ("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "
               "message:Network plugin returns error: cni plugin not initialized")
@@ -60,14 +58,13 @@ def lab(kube_apiserver, tmp_path):
     server_kubeconfig = tmp_path / "k3s.yaml"
     server_kubeconfig.write_text(yaml.safe_dump(k3s_style_kubeconfig(kube_apiserver.ca_file, kube_apiserver.token)))
     server_kubeconfig.chmod(0o600)
-    servers = {"lab-egress": {"k3s_extra_config": {"node-name": "lab-egress"}},
-               "lab-sandbox-inet": {"k3s_extra_config": {"node-name": "lab-sandbox-inet"}}}
+    servers = {"lab-egress": {}, "lab-sandbox-inet": {}}
     inventory = {"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                  "k3s_server_kubeconfig_path": str(server_kubeconfig), "k3s_api_endpoint": kube_apiserver.url,
                  "k3s_kubeconfig_dest": str(tmp_path / "controller" / "liteboxd.yaml"),
                  "k3s_kubeconfig_context": CONTEXT, "k3s_wait_timeout": 120},
-        "children": {"k3s_servers": {"hosts": servers}, "k3s_agents": {"hosts": {"lab-sandbox-noinet": {}}}}}}
+        "children": {"k3s_servers": {"hosts": servers}, "k3s_agents": {"hosts": {"lab-sandbox-noinet": {"k3s_node_name": NODE_NAMES["lab-sandbox-noinet"]}}}}}}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
     (tmp_path / "controller").mkdir()
     core = client.CoreV1Api(kube_apiserver.api_client())

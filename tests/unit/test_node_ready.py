@@ -35,3 +35,27 @@ def test_readiness_and_what_is_said_about_it(state, up, up_without_network, desc
     assert node_ready.is_up(state) is up
     assert node_ready.is_up(state, require_network=False) is up_without_network
     assert node_ready.describe(state) == described
+
+
+RESTARTED_AT = node_ready.parse_time("2026-12-05T10:00:00Z")
+
+
+@pytest.mark.parametrize("heartbeat, up, described", [
+    # The status the node left before its restart: Ready, but not a report of the restarted node.
+    ("2026-12-05T09:58:30Z", False, "Ready=True, not reported since 2026-12-05T10:00:00Z (last 2026-12-05T09:58:30Z)"),
+    # The same second as the clock read before the restart: it may have come before the restart.
+    ("2026-12-05T10:00:00Z", False, "Ready=True, not reported since 2026-12-05T10:00:00Z (last 2026-12-05T10:00:00Z)"),
+    (None, False, "Ready=True, not reported since 2026-12-05T10:00:00Z (last never)"),
+    ("2026-12-05T10:00:07Z", True, "Ready=True"),
+])
+def test_a_restarted_node_counts_only_once_it_reported_after_the_restart(heartbeat, up, described):
+    state = node({"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat})
+    assert node_ready.is_up(state, heartbeat_after=RESTARTED_AT) is up
+    assert node_ready.describe(state, heartbeat_after=RESTARTED_AT) == described
+    assert node_ready.is_up(state) is True  # without heartbeat_after, any Ready counts
+
+
+def test_a_fresh_report_without_its_network_counts_only_when_the_network_is_not_required():
+    state = node({"type": "Ready", "status": "False", "message": NO_NETWORK, "lastHeartbeatTime": "2026-12-05T10:00:03Z"})
+    assert node_ready.is_up(state, require_network=False, heartbeat_after=RESTARTED_AT) is True
+    assert node_ready.is_up(state, require_network=True, heartbeat_after=RESTARTED_AT) is False

@@ -43,6 +43,7 @@ with CALLS.open("a") as calls:
     calls.write(json.dumps({
         "argv": sys.argv,
         "version": VERSION,
+        "time": time.time(),
         "env": {k: v for k, v in os.environ.items() if k.startswith(("K3S_", "INSTALL_K3S_"))},
         "config": CONFIG.read_text() if CONFIG.exists() else None,
     }) + "\n")
