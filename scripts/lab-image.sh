@@ -20,7 +20,9 @@ if podman image exists "$image" && [[ "$(podman image inspect -f '{{index .Label
 fi
 if [[ -s "$archive" ]]; then
   log "loading $image from $archive"
-  podman load -q -i "$archive" >/dev/null
+  # The archive keeps the name it was saved under (another LITEBOXD_LAB_IMAGE, maybe): name it $image.
+  loaded=$(podman load -q -i "$archive" | sed -n 's/^Loaded image[^:]*: *//p' | head -n1)
+  [[ -n "$loaded" && "$loaded" != "$image" ]] && podman tag "$loaded" "$image"
   exit 0
 fi
 mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
