@@ -44,9 +44,9 @@ def write_value(key, value):
 
 
 def render_file(values, header=''):
-    """A sysctl.d file: the header as comments, then ``key = value`` lines sorted by key."""
+    """A sysctl.d file: the header as comments, then ``key=value`` lines sorted by key."""
     lines = ['# ' + line if line else '#' for line in header.splitlines()]
-    lines += ['%s = %s' % (key, normalized(values[key])) for key in sorted(values)]
+    lines += ['%s=%s' % (key, normalized(values[key])) for key in sorted(values)]
     return '\n'.join(lines) + '\n'
 
 

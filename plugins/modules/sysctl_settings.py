@@ -42,7 +42,7 @@ options:
     type: dict
   path:
     description:
-      - The sysctl.d file that holds exactly O(settings) (C(key = value) lines, sorted), read by
+      - The sysctl.d file that holds exactly O(settings) (C(key=value) lines, sorted), read by
         C(systemd-sysctl) at boot.
     type: path
     required: true
@@ -54,7 +54,7 @@ options:
   saved_path:
     description:
       - A file that records the values of O(settings) as they were before this module first set them
-        (C(key = value) lines). A value recorded there is never overwritten, so it keeps what was there
+        (C(key=value) lines). A value recorded there is never overwritten, so it keeps what was there
         before the first run; a key added to O(settings) later is recorded on the run that first sets it.
         Its directory is created when missing.
       - With O(state=absent), the values to put back.
@@ -152,7 +152,7 @@ def set_values(module, wanted, before):
 
 
 def values_text(values):
-    return ''.join('%s = %s\n' % (key, values[key]) for key in sorted(values))
+    return ''.join('%s=%s\n' % (key, values[key]) for key in sorted(values))
 
 
 def present(module):

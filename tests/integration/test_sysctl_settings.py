@@ -44,13 +44,13 @@ def test_check_mode_predicts_then_apply_then_idempotent(host, tmp_path):
     assert values(host) == {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
                             "net.ipv4.conf.tun0.rp_filter": "0"}
     persisted = tmp_path / "sysctl.d" / "90-test.conf"
-    assert persisted.read_text() == ("# Managed by a test.\n# Second line.\nnet.ipv4.conf.all.rp_filter = 0\n"
-                                     "net.ipv4.conf.tun0.rp_filter = 0\nnet.ipv4.ip_forward = 1\n")
+    assert persisted.read_text() == ("# Managed by a test.\n# Second line.\nnet.ipv4.conf.all.rp_filter=0\n"
+                                     "net.ipv4.conf.tun0.rp_filter=0\nnet.ipv4.ip_forward=1\n")
     assert oct(persisted.stat().st_mode & 0o777) == "0o644"
     saved = (tmp_path / "state" / "sysctl-before.conf").read_text().splitlines()
-    assert saved[1:] == ["net.ipv4.conf.all.rp_filter = 2", "net.ipv4.conf.tun0.rp_filter = 1", "net.ipv4.ip_forward = 0"]
-    assert "net.ipv4.ip_forward = 0" in applied["diff"][1]["before"]
-    assert "net.ipv4.ip_forward = 1" in applied["diff"][1]["after"]
+    assert saved[1:] == ["net.ipv4.conf.all.rp_filter=2", "net.ipv4.conf.tun0.rp_filter=1", "net.ipv4.ip_forward=0"]
+    assert "net.ipv4.ip_forward=0" in applied["diff"][1]["before"]
+    assert "net.ipv4.ip_forward=1" in applied["diff"][1]["after"]
 
     again = run_module("sysctl_settings", args(tmp_path), diff=True, netns=host.name)
     assert not again["changed"] and again["changed_keys"] == [] and not again["saved"]
@@ -64,7 +64,7 @@ def test_a_value_changed_by_hand_is_set_again_and_the_saved_values_stay_those_of
     result = run_module("sysctl_settings", args(tmp_path), netns=host.name)
     assert result["changed"] and result["changed_keys"] == ["net.ipv4.ip_forward"] and not result["saved"]
     assert host.sysctl("net.ipv4.ip_forward") == "1"
-    assert "net.ipv4.ip_forward = 0" in (tmp_path / "state" / "sysctl-before.conf").read_text()
+    assert "net.ipv4.ip_forward=0" in (tmp_path / "state" / "sysctl-before.conf").read_text()
 
 
 def test_a_key_added_later_is_recorded_without_touching_what_was_recorded(host, tmp_path):
@@ -73,7 +73,7 @@ def test_a_key_added_later_is_recorded_without_touching_what_was_recorded(host, 
     result = run_module("sysctl_settings", args(tmp_path), netns=host.name)
     assert result["saved"]
     saved = (tmp_path / "state" / "sysctl-before.conf").read_text()
-    assert "net.ipv4.ip_forward = 0" in saved and "net.ipv4.conf.tun0.rp_filter = 1" in saved
+    assert "net.ipv4.ip_forward=0" in saved and "net.ipv4.conf.tun0.rp_filter=1" in saved
 
 
 def test_a_missing_key_fails_before_any_change(host, tmp_path):
@@ -123,7 +123,7 @@ def test_absent_restores_the_values_from_before_and_removes_both_files(host, tmp
     assert result["changed_keys"] == ["net.ipv4.conf.all.rp_filter", "net.ipv4.ip_forward"]
     assert host.sysctl("net.ipv4.ip_forward") == before["net.ipv4.ip_forward"]
     assert host.sysctl("net.ipv4.conf.all.rp_filter") == before["net.ipv4.conf.all.rp_filter"]
-    assert "net.ipv4.ip_forward = 1" in result["diff"][0]["before"] and result["diff"][0]["after"] == ""
+    assert "net.ipv4.ip_forward=1" in result["diff"][0]["before"] and result["diff"][0]["after"] == ""
     assert not (tmp_path / "sysctl.d" / "90-test.conf").exists()
     assert not (tmp_path / "state" / "sysctl-before.conf").exists()
     assert not run_module("sysctl_settings", absent, netns=host.name)["changed"]
