@@ -22,7 +22,8 @@ if [[ -n "${LITEBOXD_CILIUM_CRDS:-}" ]]; then
 fi
 mkdir -p "$LITEBOXD_CACHE"
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Each step says when it began, in seconds since the script started.
+step() { printf '\n==> %s [%ss]\n' "$*" "$SECONDS" >&2; }
 
 apt_packages=(podman runc netavark aardvark-dns mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
               golang-go make dpkg-dev etcd-server nginx-light wrk shellcheck
