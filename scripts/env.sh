@@ -22,11 +22,12 @@ if [[ -n "${LITEBOXD_CILIUM_CRDS:-}" ]]; then
 fi
 mkdir -p "$LITEBOXD_CACHE"
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Each step says when it began, in seconds since the script started.
+step() { printf '\n==> %s [%ss]\n' "$*" "$SECONDS" >&2; }
 
 apt_packages=(podman runc netavark aardvark-dns mmdebstrap nftables iptables iproute2 tcpdump conntrack git rsync jq
               golang-go make dpkg-dev etcd-server nginx-light wrk shellcheck
-              python3-venv python3-netaddr gnupg containerd)
+              python3-venv python3-netaddr gnupg containerd openssh-client)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
