@@ -103,34 +103,13 @@ saved:
 '''
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liteboxd.sandbox_network.plugins.module_utils import sysctl
+from ansible_collections.liteboxd.sandbox_network.plugins.module_utils.routing import atomic_write, read_file
 
 FILE_MODE = 0o644
-
-
-def read_text(path):
-    """The file's text, or None when it does not exist."""
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except (IOError, OSError):
-        return None
-
-
-def write_file(module, path, text):
-    """``text`` into ``path`` atomically (mode 0644), creating its directory."""
-    directory = os.path.dirname(path) or '.'
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
-    with os.fdopen(handle, 'w') as out:
-        out.write(text)
-    os.chmod(temporary, FILE_MODE)
-    module.atomic_move(temporary, path)
 
 
 def set_values(module, wanted, before):
@@ -173,19 +152,19 @@ def present(module):
                          ' that provides it loaded? Nothing was changed'
                          % (', '.join(missing), ', '.join(sysctl.proc_path(key) for key in missing)))
     changed_keys = sorted(key for key in wanted if before[key] != wanted[key])
-    file_before = read_text(params['path'])
+    file_before = read_file(params['path'])
     file_after = sysctl.render_file(wanted, params['header'])
-    recorded = sysctl.parse_file(read_text(params['saved_path']) or '') if params['saved_path'] else {}
+    recorded = sysctl.parse_file(read_file(params['saved_path']) or '') if params['saved_path'] else {}
     save = bool(params['saved_path']) and any(key not in recorded for key in wanted)
     changed = bool(changed_keys) or file_before != file_after or save
     if changed and not module.check_mode:
         set_values(module, dict((key, wanted[key]) for key in changed_keys), before)
         if save:
-            write_file(module, params['saved_path'], sysctl.render_file(
+            atomic_write(module, params['saved_path'], sysctl.render_file(
                 dict(before, **recorded), 'The values before %s was first applied (restored on rollback).'
-                % params['path']))
+                % params['path']), FILE_MODE)
         if file_before != file_after:
-            write_file(module, params['path'], file_after)
+            atomic_write(module, params['path'], file_after, FILE_MODE)
     if os.path.exists(params['path']) and not module.check_mode:
         changed = module.set_mode_if_different(params['path'], '0644', changed)
     result = dict(changed=changed, values=wanted, changed_keys=changed_keys, saved=save)
@@ -201,12 +180,12 @@ def present(module):
 
 def absent(module):
     params = module.params
-    saved_text = read_text(params['saved_path']) if params['saved_path'] else None
+    saved_text = read_file(params['saved_path']) if params['saved_path'] else None
     saved = sysctl.parse_file(saved_text or '')
     # Keys of devices that are gone went with them.
     before, _gone = sysctl.read_values(saved)
     restore = dict((key, saved[key]) for key in before if before[key] != saved[key])
-    file_before = read_text(params['path'])
+    file_before = read_file(params['path'])
     removed = [path for path in (params['path'], params['saved_path']) if path and os.path.exists(path)]
     changed = bool(restore) or bool(removed)
     if changed and not module.check_mode:
