@@ -1,5 +1,8 @@
 """Builds the hot modules as C extensions with Cython, when it can; the package works without them.
 
+wsfast (a .pyx: C code with no Python twin) is the WebSocket relay's fast path, a thread that carries
+data frames without the interpreter; without it wsrelay relays everything on the event loop.
+
 The modules every proxied request runs through (app, http1, proxy, writes) and the WebSocket
 relay's (wsrelay) stay the one implementation. Their ``.pxd`` files declare the classes' attributes and methods with C types,
 so Cython compiles the same code into typed classes: attribute reads and calls between them
@@ -14,6 +17,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 COMPILED_MODULES = ("writes", "wsrelay", "http1", "proxy", "app")
+C_ONLY_MODULES = ("wsfast",)
 
 
 class OptionalBuildExt(build_ext):
@@ -46,6 +50,7 @@ def extensions():
         print("liteboxd-gateway: Cython is not installed; the pure-Python modules are used", file=sys.stderr)
         return []
     modules = [Extension(f"liteboxd_gateway.{name}", [f"src/liteboxd_gateway/{name}.py"]) for name in COMPILED_MODULES]
+    modules += [Extension(f"liteboxd_gateway.{name}", [f"src/liteboxd_gateway/{name}.pyx"]) for name in C_ONLY_MODULES]
     # Annotations are for readers and type checkers; the .pxd files alone give the C types.
     return cythonize(modules, build_dir="build/cython", quiet=True,
                      compiler_directives={"language_level": 3, "annotation_typing": False})

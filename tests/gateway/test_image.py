@@ -99,7 +99,7 @@ async def test_in_cluster_with_a_service_account_token_it_proxies_with_the_token
         podman("stop", "--time", "30", name)
         assert await asyncio.wait_for(process.wait(), 60) == 0
         started = next(line for line in log_lines(tmp_path) if line["message"].endswith(" listening"))
-        assert started["compiled"] == ["app", "http1", "proxy", "writes", "wsrelay"]
+        assert started["compiled"] == ["app", "http1", "proxy", "writes", "wsfast", "wsrelay"]
         assert started["event_loop"].startswith("uvloop")
     finally:
         podman("rm", "--force", name, check=False)

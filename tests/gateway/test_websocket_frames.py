@@ -1,6 +1,7 @@
 """The WebSocket relay frame by frame: a raw client and a raw sandbox, each seeing exactly what the
 gateway wrote to it (frames, close codes, the end of the connection)."""
 import asyncio
+import os
 import secrets
 
 import pytest
@@ -23,17 +24,23 @@ async def raw_sandbox(pods):
 
 
 @pytest.fixture
-async def relay(gateway_factory, raw_sandbox):
-    """A relayed WebSocket: (client Peer, sandbox Peer); messages of MAX_MESSAGE bytes or more are refused."""
+async def relayed(gateway_factory, raw_sandbox):
+    """A relayed WebSocket: (gateway, client Peer, sandbox Peer); messages of MAX_MESSAGE bytes or more are refused."""
     gateway = await gateway_factory(ws_max_message_size=MAX_MESSAGE)
     sandbox, name, token = raw_sandbox
     await gateway.wait_sandbox(name)
     client = await client_handshake(gateway.port, f"/sandbox/{name}/port/{sandbox.port}/ws",
                                     [f"X-Access-Token: {token}"])
     upstream = await sandbox.accepted()
-    yield client, upstream
+    yield gateway, client, upstream
     client.close()
     upstream.close()
+
+
+@pytest.fixture
+async def relay(relayed):
+    """(client Peer, sandbox Peer) of ``relayed``."""
+    return relayed[1:]
 
 
 async def assert_closed_with(peer, code, reason=""):
@@ -60,6 +67,32 @@ async def test_data_frames_pass_unchanged_masked_only_towards_the_sandbox(relay)
     sandbox.send(BINARY, bytes(range(256)) * 3)
     received = await client.recv()
     assert (received.opcode, received.payload, received.masked) == (BINARY, bytes(range(256)) * 3, False)
+
+
+async def test_compiled_gateways_carry_data_frames_in_the_relay_thread_and_take_the_rest_back(relayed):
+    gateway, client, sandbox = relayed
+    offload = gateway.gateway.offload
+    # wsfast is built with the other compiled modules; the pure-Python package relays on the event loop.
+    assert (offload is not None) == (os.environ.get("LITEBOXD_GATEWAY_BUILD") == "compiled")
+    client.send(PING, b"first")  # a control frame is the event loop's: answered there, then back to the thread
+    assert (await client.recv()).payload == b"first"
+    frames = offload.relayer.frames if offload else 0
+    for number in range(20):  # ten messages of two fragments each
+        client.send(CONTINUATION if number % 2 else TEXT, b"to the sandbox %d" % number, fin=number % 2 == 1)
+    for number in range(20):
+        received = await sandbox.recv()
+        assert (received.fin, received.opcode, received.payload, received.masked) == (
+            number % 2 == 1, CONTINUATION if number % 2 else TEXT, b"to the sandbox %d" % number, True)
+    for number in range(20):
+        sandbox.send(BINARY, b"to the client %d" % number)
+        assert (await client.recv()).payload == b"to the client %d" % number
+    if offload:
+        assert offload.relayer.frames - frames == 40
+        assert offload.relayer.attaches >= 2 and offload.relayer.ejections >= 1
+    client.send(CLOSE, close_payload(1000))
+    await assert_closed_with(sandbox, 1000)
+    await assert_closed_with(client, 1000)
+    assert await client.ended()
 
 
 async def test_frames_masked_the_wrong_way_are_rebuilt(relay):

@@ -43,6 +43,7 @@ cdef class Gateway:
     cdef public set relays
     cdef public object websocket_upstream
     cdef public HttpProxy proxy
+    cdef public object offload
     cdef public str _request_id_prefix
     cdef public object _request_ids
 

@@ -22,7 +22,7 @@ from .proxy import HttpProxy, UpstreamError
 from .routing import RouteError, resolve
 from .version import __version__
 from .websocket import client_protocols, connect_upstream, websocket_upstream
-from .wsrelay import Relay
+from .wsrelay import Offload, Relay
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNAUTHORIZED = "unauthorized"
@@ -95,6 +95,7 @@ class Gateway:
         self.relays = set()
         self.websocket_upstream = None
         self.proxy = None
+        self.offload = None
         self._request_id_prefix = os.urandom(6).hex()
         self._request_ids = itertools.count()
 
@@ -102,6 +103,7 @@ class Gateway:
         """``connection``: the API server's (kube.KubeConnection), for WebSockets through its pod proxy."""
         self.websocket_upstream = websocket_upstream(self.config, connection)
         self.proxy = HttpProxy(self.config, self.metrics)
+        self.offload = Offload.start(asyncio.get_running_loop())
         # The count of requests under way is kept once, where holding writes depends on it.
         held_writes = self.proxy.held_writes
         self.metrics.active_requests.read = lambda: held_writes.active
@@ -109,6 +111,8 @@ class Gateway:
     async def close(self):
         if self.proxy is not None:
             self.proxy.close()
+        if self.offload is not None:
+            self.offload.close()
 
     def begin_drain(self):
         """Report not-ready from now on and close WebSockets (they would outlive any drain)."""
@@ -347,7 +351,7 @@ class Gateway:
             self.metrics.upstream_errors.inc(exc.kind)
             exchange.error = str(exc)
             return error_response(exc.status, str(exc), exchange.request_id)
-        relay = Relay(self.config, client_side, upstream)
+        relay = Relay(self.config, client_side, upstream, self.offload)
         try:
             # Offer the client only what the sandbox chose. aiohttp answers the handshake; the relay
             # reads the connection from then on, so aiohttp's own WebSocket reader never gets a byte.

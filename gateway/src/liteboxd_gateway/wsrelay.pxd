@@ -8,7 +8,7 @@ cdef int CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG
 cdef double CLOSE_TIMEOUT
 cdef Py_ssize_t HOLD_LIMIT
 cdef int WAITING, OPEN, CLOSING, CLOSED
-cdef int PEER_FULL, HOLDING
+cdef int PEER_FULL, HOLDING, OFFLOADED
 
 
 cpdef int sendable_close_code(object code, int vanished)
@@ -66,5 +66,9 @@ cdef class Relay:
     cdef public object done
     cdef public double _ends
     cdef public object _timer
+    cdef public tuple _fds
+    cdef public object offload
+    cdef public unsigned long long handle
+    cdef public bint _reclaiming
 
     cpdef message_completed(self)

@@ -19,11 +19,28 @@ close without status, 1011 towards the client when the sandbox vanished or sent 
 1001 towards the sandbox when the client vanished, broke the protocol or sent an unsendable code.
 Idle time (no message either way), total lifetime and gateway shutdown close both sides with 1001.
 The sandbox's connection ends once its Close is written; the client gets ``CLOSE_TIMEOUT`` to answer
-a close it did not start, as the server side of the closing handshake.
+a close it did not start, as the server side of the closing handshake, and as long to end its
+connection after a close it started (the gateway's writing half ends with its answer).
+
+Where the gateway is compiled (wsfast) and both connections are plain TCP, a session's data frames
+pass in ``Offload``'s thread instead, socket to socket without the event loop; the thread hands the
+session back here for anything else (a control frame, a frame to rebuild or refuse, a frame not yet
+whole, the end of a connection, a full socket) with the bytes it read and did not forward, and the
+session goes back to the thread once nothing is under way here. The rules stay the ones above: the
+thread forwards only what ``read_frames`` would forward as it came.
 """
 import asyncio
+import logging
 import os
 import sys
+import threading
+
+try:
+    from .wsfast import LOST, Relayer
+except ImportError:  # the pure-Python package: every frame is relayed on the event loop
+    LOST, Relayer = -2, None
+
+log = logging.getLogger("liteboxd_gateway.wsrelay")
 
 NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_TEXT, MESSAGE_TOO_BIG, INTERNAL_ERROR = 1000, 1001, 1002, 1007, 1009, 1011
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -34,7 +51,7 @@ HOLD_LIMIT = 65536  # bytes a connection may send before the relay starts, befor
 # The states of one side; the relay starts both out of WAITING.
 WAITING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
 # Why reading from a side is paused (bits).
-PEER_FULL, HOLDING = 1, 2
+PEER_FULL, HOLDING, OFFLOADED = 1, 2, 4
 
 
 def sendable_close_code(code, vanished: int) -> int:
@@ -125,6 +142,9 @@ class Side:
             return
         if self.state != CLOSED:
             self.read_frames(data)
+            relay = self.relay
+            if relay.offload is not None and not relay.handle:
+                relay.try_offload()
 
     def eof_received(self):
         return None  # the transport closes; connection_lost tells the relay
@@ -173,6 +193,11 @@ class Side:
             self.read_frames(data)
         if self.lost and not relay.outcome:
             relay.vanished(self)
+
+    def idle(self) -> bool:
+        """Open, with nothing held, paused or unwritten: the fast path may take the connection."""
+        return (self.state == OPEN and not self._held and not self._pauses
+                and not self.transport.get_write_buffer_size())
 
     def write(self, data: bytes):
         if self.state == OPEN:
@@ -358,11 +383,71 @@ class ClientSide(Side):
         self.state = CLOSING
         self._close_timer = self.relay.loop.call_later(CLOSE_TIMEOUT, self.close)
 
+    def linger(self):
+        """The client closed and has its answer: end the writing half and read, dropping, until it
+        closes too (at most CLOSE_TIMEOUT). Closing at once would leave what it sent after its Close
+        unread, and the kernel would reset the connection, the answer with it."""
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.await_close()
+
+
+def plain_socket(transport) -> int:
+    """The file descriptor of a plain TCP transport, or -1 (TLS, or no socket to hand over)."""
+    if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else -1
+
+
+class Offload:
+    """The fast path of one event loop (wsfast.Relayer): its thread, the sessions it carries and the
+    eventfd through which it hands sessions back. Only where the gateway is compiled (``start``)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.relayer = Relayer()
+        self.relays = {}  # handle: Relay
+        threading.Thread(target=self.relayer.run, name="liteboxd-wsrelay", daemon=True).start()
+        loop.add_reader(self.relayer.notify_fd, self.handed_back)
+
+    @classmethod
+    def start(cls, loop):
+        """The fast path for ``loop``, or None where wsfast was not compiled."""
+        return cls(loop) if Relayer is not None else None
+
+    def attach(self, relay, client_fd: int, upstream_fd: int) -> int:
+        client, upstream = relay.client, relay.upstream
+        handle = self.relayer.attach(client_fd, upstream_fd, relay.max_message_size, client._opcode,
+                                     client._message_size, upstream._opcode, upstream._message_size,
+                                     relay.last_activity)
+        self.relays[handle] = relay
+        return handle
+
+    def reclaim(self, handle: int):
+        del self.relays[handle]
+        return self.relayer.reclaim(handle)
+
+    def last_activity(self, handle: int) -> float:
+        return self.relayer.last_activity(handle)
+
+    def handed_back(self):
+        for handle in self.relayer.handed_back():
+            relay = self.relays.get(handle)
+            # Else the loop took it back first (an end, a timer). Back to the thread after bytes it
+            # left here; after an end or an error of a connection the transport must read that first.
+            if relay is not None and relay.reclaim():
+                relay.try_offload()
+
+    def close(self):
+        self.loop.remove_reader(self.relayer.notify_fd)
+        self.relayer.stop()
+
 
 class Relay:
     """One client <-> sandbox WebSocket session, from both handshakes to both connections closed."""
 
-    def __init__(self, config, client: ClientSide, upstream: UpstreamSide):
+    def __init__(self, config, client: ClientSide, upstream: UpstreamSide, offload=None):
         self.loop = asyncio.get_running_loop()
         self.max_message_size = config.ws_max_message_size
         self.idle_timeout = config.ws_idle_timeout
@@ -375,6 +460,11 @@ class Relay:
         self.done = self.loop.create_future()
         self._ends = 0.0
         self._timer = None
+        # The fast path, for sessions whose connections are both plain TCP; ``handle`` while it has this one.
+        self._fds = (plain_socket(client.transport), plain_socket(upstream.transport))
+        self.offload = offload if offload is not None and min(self._fds) >= 0 else None
+        self.handle = 0
+        self._reclaiming = False
 
     async def run(self) -> str:
         """Relay until it ends: client_closed, upstream_closed, client_gone (it vanished or broke the
@@ -385,6 +475,7 @@ class Relay:
         self.started = True
         self.client.start(self, self.upstream)
         self.upstream.start(self, self.client)
+        self.try_offload()
         try:
             return await self.done
         except asyncio.CancelledError:
@@ -404,6 +495,52 @@ class Relay:
 
     def message_completed(self):
         self.last_activity = self.loop.time()
+
+    def try_offload(self):
+        """Hand the session to the fast path's thread if it has one and nothing is under way here."""
+        if (self.offload is None or self.handle or self.outcome or self._reclaiming
+                or not self.client.idle() or not self.upstream.idle()):
+            return
+        self.client.pause_reading(OFFLOADED)
+        self.upstream.pause_reading(OFFLOADED)
+        try:
+            self.handle = self.offload.attach(self, *self._fds)
+        except OSError as exc:
+            log.warning("WebSocket relayed on the event loop: %s", exc)
+            self.offload = None
+            self.client.resume_reading(OFFLOADED)
+            self.upstream.resume_reading(OFFLOADED)
+
+    def reclaim(self) -> bool:
+        """Take the session back from the fast path's thread: its fragment state, the time of its
+        last message, what it forwarded and could not write, and what it read and left here (True
+        when there was such a rest)."""
+        handle, self.handle = self.handle, 0
+        if not handle:
+            return False
+        side, rest, pending, client_opcode, client_size, upstream_opcode, upstream_size, last = \
+            self.offload.reclaim(handle)
+        client, upstream = self.client, self.upstream
+        client._opcode, client._message_size = client_opcode, client_size
+        upstream._opcode, upstream._message_size = upstream_opcode, upstream_size
+        if last > self.last_activity:
+            self.last_activity = last
+        self._reclaiming = True
+        try:
+            client.resume_reading(OFFLOADED)
+            upstream.resume_reading(OFFLOADED)
+            if side == LOST:
+                self._end("aborted", INTERNAL_ERROR, INTERNAL_ERROR, b"", True)
+            elif side >= 0:
+                reader = client if side == 0 else upstream
+                if pending:
+                    reader.peer.write(pending)
+                if rest:
+                    reader.data_received(rest)
+                    return True
+            return False
+        finally:
+            self._reclaiming = False
 
     def received_close(self, side: Side, code: int, reason: bytes):
         """``code`` 0: a Close without status."""
@@ -435,6 +572,8 @@ class Relay:
         """Close the sandbox's connection after ``upstream_code``, and send the client ``client_code``;
         its connection ends now when ``client_done`` (it closed, vanished or broke the protocol), else
         once it answers. A side that already ended the session is closed on anything more."""
+        if self.handle:
+            self.reclaim()  # what the thread read first counts first, and may end the session itself
         if self.outcome:
             if self.client.state == CLOSING:
                 self.client.close()
@@ -445,13 +584,19 @@ class Relay:
         self.upstream.send_close(upstream_code, reason)
         self.upstream.close()
         self.client.send_close(client_code, reason)
-        if client_done or self.client.state != OPEN:
+        if outcome == "client_closed" and self.client.state == OPEN:
+            self.client.linger()
+        elif client_done or self.client.state != OPEN:
             self.client.close()
         else:
             self.client.await_close()
 
     def _check_time(self):
         now = self.loop.time()
+        if self.handle:
+            last = self.offload.last_activity(self.handle)
+            if last > self.last_activity:
+                self.last_activity = last
         if now >= self._ends:
             self.shutdown("lifetime exceeded")
             return
