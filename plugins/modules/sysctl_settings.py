@@ -165,7 +165,7 @@ def present(module):
                 % params['path']), FILE_MODE)
         if file_before != file_after:
             atomic_write(module, params['path'], file_after, FILE_MODE)
-    if os.path.exists(params['path']) and not module.check_mode:
+    if os.path.exists(params['path']):  # in check mode this only reports a mode to fix
         changed = module.set_mode_if_different(params['path'], '0644', changed)
     result = dict(changed=changed, values=wanted, changed_keys=changed_keys, saved=save)
     if module._diff:

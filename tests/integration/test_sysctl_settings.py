@@ -58,6 +58,17 @@ def test_check_mode_predicts_then_apply_then_idempotent(host, tmp_path):
     assert not run_module("sysctl_settings", args(tmp_path), check=True, netns=host.name)["changed"]
 
 
+def test_check_mode_predicts_a_mode_fix_of_the_persisted_file(host, tmp_path):
+    run_module("sysctl_settings", args(tmp_path), netns=host.name)
+    persisted = tmp_path / "sysctl.d" / "90-test.conf"
+    persisted.chmod(0o600)
+    assert run_module("sysctl_settings", args(tmp_path), check=True, netns=host.name)["changed"]
+    assert oct(persisted.stat().st_mode & 0o777) == "0o600", "check mode changed the mode"
+    assert run_module("sysctl_settings", args(tmp_path), netns=host.name)["changed"]
+    assert oct(persisted.stat().st_mode & 0o777) == "0o644"
+    assert not run_module("sysctl_settings", args(tmp_path), check=True, netns=host.name)["changed"]
+
+
 def test_a_value_changed_by_hand_is_set_again_and_the_saved_values_stay_those_of_before(host, tmp_path):
     run_module("sysctl_settings", args(tmp_path), netns=host.name)
     host.sysctl("net.ipv4.ip_forward", 0)
