@@ -88,7 +88,6 @@ LOST = -2  # reclaim's side when bytes to hand back were lost for want of memory
 
 cdef struct Half:
     int fd
-    int wants_masked  # frames read here are forwarded unchanged only if masked (the client's: the sandbox expects a client's frames masked)
     int opcode  # the opcode of the fragmented message under way, 0 between messages (wsrelay.Side._opcode)
     Py_ssize_t message_size  # that message's payload bytes so far (wsrelay.Side._message_size)
 
@@ -203,11 +202,9 @@ cdef class Relayer:
                 slot.last_activity = last_activity
                 slot.ejected_side = -1
                 slot.half[CLIENT].fd = client_fd
-                slot.half[CLIENT].wants_masked = 1
                 slot.half[CLIENT].opcode = client_opcode
                 slot.half[CLIENT].message_size = client_message_size
                 slot.half[UPSTREAM].fd = upstream_fd
-                slot.half[UPSTREAM].wants_masked = 0
                 slot.half[UPSTREAM].opcode = upstream_opcode
                 slot.half[UPSTREAM].message_size = upstream_message_size
                 event.events = EPOLLIN
@@ -236,22 +233,20 @@ cdef class Relayer:
         read ended the fast path, -1 for none or LOST, bytes read from it and not forwarded, bytes forwarded
         from it not yet written, client's opcode and message size, sandbox's, last activity),
         or None for a handle that is not attached."""
-        cdef Py_ssize_t index = <Py_ssize_t>(handle & INDEX_MASK)
         cdef Slot *slot
         cdef Slot taken
         cdef int found = 0
         with nogil:
             pthread_mutex_lock(&self.lock)
-            if index < self.capacity:
-                slot = &self.slots[index]
-                if slot.state != FREE and slot.generation == <unsigned int>(handle >> 32):
-                    found = 1
-                    if slot.state == ATTACHED:
-                        self._unwatch(slot)
-                    taken = slot[0]
-                    slot.rest = slot.pending = NULL
-                    slot.rest_size = slot.pending_size = 0
-                    self._release(index)
+            slot = self._slot_of(handle)
+            if slot is not NULL:
+                found = 1
+                if slot.state == ATTACHED:
+                    self._unwatch(slot)
+                taken = slot[0]
+                slot.rest = slot.pending = NULL
+                slot.rest_size = slot.pending_size = 0
+                self._release(<Py_ssize_t>(handle & INDEX_MASK))
             pthread_mutex_unlock(&self.lock)
         if not found:
             return None
@@ -282,13 +277,13 @@ cdef class Relayer:
 
     def last_activity(self, uint64_t handle) -> float:
         """The time of the session's last complete message, as the thread saw it (0 if not attached)."""
-        cdef Py_ssize_t index = <Py_ssize_t>(handle & INDEX_MASK)
+        cdef Slot *slot
         cdef double seen = 0.0
         with nogil:
             pthread_mutex_lock(&self.lock)
-            if index < self.capacity and self.slots[index].state != FREE \
-                    and self.slots[index].generation == <unsigned int>(handle >> 32):
-                seen = self.slots[index].last_activity
+            slot = self._slot_of(handle)
+            if slot is not NULL:
+                seen = slot.last_activity
             pthread_mutex_unlock(&self.lock)
         return seen
 
@@ -303,6 +298,14 @@ cdef class Relayer:
             self._run()
 
     # -- slots (the mutex held) ---------------------------------------------------------------
+    cdef Slot *_slot_of(self, uint64_t handle) noexcept nogil:
+        """The slot ``handle`` names, or NULL when it was released since (the handle is stale)."""
+        cdef Py_ssize_t index = <Py_ssize_t>(handle & INDEX_MASK)
+        if index >= self.capacity or self.slots[index].state == FREE \
+                or self.slots[index].generation != <unsigned int>(handle >> 32):
+            return NULL
+        return &self.slots[index]
+
     cdef Py_ssize_t _free_slot(self) noexcept nogil:
         cdef Py_ssize_t grown, index
         cdef Slot *slots
@@ -343,8 +346,8 @@ cdef class Relayer:
         epoll_ctl(self.epoll_fd, EPOLL_CTL_DEL, slot.half[CLIENT].fd, NULL)
         epoll_ctl(self.epoll_fd, EPOLL_CTL_DEL, slot.half[UPSTREAM].fd, NULL)
 
-    cdef int _eject(self, Py_ssize_t index, int side, const char *rest, Py_ssize_t rest_size,
-                    const char *pending, Py_ssize_t pending_size) noexcept nogil:
+    cdef void _eject(self, Py_ssize_t index, int side, const char *rest, Py_ssize_t rest_size,
+                     const char *pending, Py_ssize_t pending_size) noexcept nogil:
         """Hand the session back with what the loop must finish. Without memory for those bytes the
         session is marked lost (wsrelay ends it); without memory to list it, the loop learns of it at
         its next timer (idle timeout or lifetime), which takes it back."""
@@ -360,21 +363,20 @@ cdef class Relayer:
         if self.ejected_count == self.ejected_capacity:
             ejected = <uint64_t *>realloc(self.ejected, (self.ejected_capacity * 2 + 16) * sizeof(uint64_t))
             if ejected is NULL:
-                return -1
+                return
             self.ejected = ejected
             self.ejected_capacity = self.ejected_capacity * 2 + 16
         self.ejected[self.ejected_count] = handle_of(slot.generation, index)
         self.ejected_count += 1
         self.ejections += 1
-        return 0
 
     # -- the thread ---------------------------------------------------------------------------
     cdef void _run(self) noexcept nogil:
         cdef epoll_event events[BATCH]
         cdef int count, number
         cdef uint64_t data, one = 1
-        cdef Py_ssize_t index
-        cdef int side, notify, stopping = 0
+        cdef Slot *slot
+        cdef int notify, stopping = 0
         while not stopping:
             count = epoll_wait(self.epoll_fd, events, BATCH, -1)
             if count < 0:
@@ -388,12 +390,11 @@ cdef class Relayer:
                 if data == STOP_TOKEN:
                     stopping = 1
                     continue
-                side = <int>(data & 1)
-                index = <Py_ssize_t>((data >> 1) & INDEX_MASK)
-                if index >= self.capacity or self.slots[index].state != ATTACHED \
-                        or self.slots[index].generation != <unsigned int>(data >> 33):
+                slot = self._slot_of(data >> 1)
+                if slot is NULL or slot.state != ATTACHED:
                     continue  # handed back since epoll returned the event
-                notify |= self._readable(index, side, events[number].events)
+                notify |= self._readable(<Py_ssize_t>((data >> 1) & INDEX_MASK), <int>(data & 1),
+                                         events[number].events)
             pthread_mutex_unlock(&self.lock)
             if notify:
                 write(self.notify_fd, &one, sizeof(one))
@@ -426,8 +427,8 @@ cdef class Relayer:
             if first & 0x70 or opcode > 0x2:
                 break  # a reserved bit, a control frame or an unknown opcode: wsrelay's
             masked = (second & 0x80) != 0
-            if masked != half.wants_masked:
-                break
+            if masked != (side == CLIENT):
+                break  # forwarded unchanged only masked from the client, unmasked from the sandbox
             length = second & 0x7F
             head = 2 + (4 if masked else 0)
             if length == 126:

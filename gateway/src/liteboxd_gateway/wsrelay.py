@@ -461,8 +461,8 @@ class Relay:
         self._ends = 0.0
         self._timer = None
         # The fast path, for sessions whose connections are both plain TCP; ``handle`` while it has this one.
-        self._fds = (plain_socket(client.transport), plain_socket(upstream.transport))
-        self.offload = offload if offload is not None and min(self._fds) >= 0 else None
+        self._fds = (plain_socket(client.transport), plain_socket(upstream.transport)) if offload is not None else ()
+        self.offload = offload if self._fds and min(self._fds) >= 0 else None
         self.handle = 0
         self._reclaiming = False
 
